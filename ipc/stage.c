@@ -1,0 +1,864 @@
+/* stage: the skeleton every stage program runs (see stage.h).
+ * One thread, one loop: poll the control channel, the job socket and the signal pipe; handle
+ * what arrived; send heartbeats; retry sends that found every next replica full. */
+#include "ipc/stage.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "ipc/log.h"
+
+#define STAGE_ENDPOINT_MAX 600
+
+struct stage {
+    const stage_ops_t *ops;
+    void *state;
+
+    /* identity, from the supervisor's arguments */
+    char name[CONFIG_NAME_MAX];
+    uint32_t replica, slot, gen;
+    char runtime_dir[CONFIG_PATH_MAX];
+    char config_path[CONFIG_PATH_MAX];
+    config_t config;
+    const config_stage_t *section;
+    pid_t parent;
+
+    void *zctx;
+    void *control;      /* DEALER to the supervisor's ROUTER */
+    void *jobs_in;      /* PULL bound at ipc://<runtime_dir>/<name>.<replica> */
+    void *push[PROTO_MAX_SLOTS]; /* PUSH to each other replica, connected on first use */
+    uint32_t rr[CONFIG_MAX_STAGES]; /* round-robin cursor per stage section */
+
+    pool_t *pool;       /* this stage's own pool, NULL if pool_size is 0 */
+    pool_cache_t *pools;/* other stages' pools */
+
+    proto_roster_t roster;
+    bool have_roster;
+    uint32_t max_gen;   /* largest generation the roster has ever named */
+
+    stage_job_t *pending_head, *pending_tail; /* jobs waiting for a next replica with room */
+    uint32_t n_pending;
+
+    bool draining;
+    bool running;
+    int64_t next_heartbeat_ms;
+    proto_heartbeat_t stats;
+};
+
+static volatile sig_atomic_t stage_stop_signal;
+static int stage_signal_pipe[2] = {-1, -1};
+
+static void stage_on_signal(int sig)
+{
+    stage_stop_signal = sig;
+    int saved = errno;
+    ssize_t w = write(stage_signal_pipe[1], "s", 1);
+    (void)w; /* a full pipe already wakes the loop */
+    errno = saved;
+}
+
+int64_t stage_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t stage_now_ms(void) { return stage_now_us() / 1000; }
+
+const char *stage_name(const stage_t *st) { return st->name; }
+uint32_t stage_replica(const stage_t *st) { return st->replica; }
+uint32_t stage_slot(const stage_t *st) { return st->slot; }
+uint32_t stage_gen(const stage_t *st) { return st->gen; }
+const config_t *stage_config(const stage_t *st) { return &st->config; }
+const config_stage_t *stage_section(const stage_t *st) { return st->section; }
+const char *stage_runtime_dir(const stage_t *st) { return st->runtime_dir; }
+bool stage_draining(const stage_t *st) { return st->draining; }
+
+/* ---- sending messages ---------------------------------------------------------------------- */
+
+/* Encodes and sends msg; returns 0, or -1 (errno EAGAIN when the peer's queue is full). */
+static int stage_send_msg(void *sock, const proto_msg_t *msg, int flags)
+{
+    proto_buf_t buf;
+    char err[256];
+    if (proto_encode(msg, &buf, err, sizeof err) != 0) {
+        log_error("cannot encode %s: %s", proto_msg_type_name(msg->type), err);
+        errno = EINVAL;
+        return -1;
+    }
+    int rc = zmq_send(sock, buf.data, buf.size, flags);
+    int saved = errno;
+    proto_buf_free(&buf);
+    errno = saved;
+    return rc < 0 ? -1 : 0;
+}
+
+static void stage_send_control(stage_t *st, const proto_msg_t *msg)
+{
+    /* The control socket's queue is deep; a full one means the supervisor is gone or stuck,
+     * and the parent-death check ends this process then. */
+    if (stage_send_msg(st->control, msg, ZMQ_DONTWAIT) != 0 && errno != EINVAL)
+        log_warn("cannot reach the supervisor: %s", zmq_strerror(errno));
+}
+
+static void stage_send_heartbeat(stage_t *st)
+{
+    proto_msg_t msg = {.type = PROTO_MSG_HEARTBEAT};
+    st->stats.slot = st->slot;
+    st->stats.gen = st->gen;
+    st->stats.inflight = st->n_pending + (st->ops->inflight ? st->ops->inflight(st, st->state) : 0);
+    if (st->pool) {
+        st->stats.pool_used = pool_used(st->pool);
+        st->stats.pool_capacity = pool_capacity(st->pool);
+    }
+    msg.u.heartbeat = st->stats;
+    stage_send_control(st, &msg);
+}
+
+/* ---- pools and tensors ----------------------------------------------------------------------- */
+
+pool_t *stage_tensor_pool(stage_t *st, const proto_tensor_ref_t *ref)
+{
+    if (st->pool && ref->pool == st->slot && ref->gen == st->gen)
+        return st->pool;
+    char err[256];
+    pool_t *p = pool_cache_get(st->pools, ref->pool, ref->gen, err, sizeof err);
+    if (!p)
+        log_warn("cannot open pool of slot %u gen %u: %s", ref->pool, ref->gen, err);
+    return p;
+}
+
+int stage_tensor_alloc(stage_t *st, int dtype, int ndim, const int64_t *shape,
+                       proto_tensor_ref_t *ref, void **data)
+{
+    if (!st->pool || ndim < 0 || ndim > PROTO_MAX_DIMS || proto_dtype_size(dtype) == 0)
+        return -1;
+    uint64_t bytes = proto_dtype_size(dtype);
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || (shape[i] > 0 && bytes > UINT64_MAX / (uint64_t)shape[i]))
+            return -1;
+        bytes *= (uint64_t)shape[i];
+    }
+    uint64_t offset;
+    /* A zero-sized tensor still takes one page so that it has a holder like every other. */
+    if (pool_alloc(st->pool, bytes ? bytes : 1, st->gen, &offset) != 0)
+        return -1;
+    memset(ref, 0, sizeof *ref);
+    ref->pool = st->slot;
+    ref->gen = st->gen;
+    ref->offset = offset;
+    ref->bytes = bytes;
+    ref->device = pool_device(st->pool);
+    ref->dtype = (uint8_t)dtype;
+    ref->ndim = (uint8_t)ndim;
+    for (int i = 0; i < ndim; i++)
+        ref->shape[i] = shape[i];
+    *data = pool_data(st->pool, offset, bytes, st->gen);
+    return *data ? 0 : -1;
+}
+
+void *stage_tensor_data(stage_t *st, const stage_job_t *job, uint32_t i)
+{
+    if (i >= job->msg.n_tensors)
+        return NULL;
+    const proto_tensor_ref_t *ref = &job->msg.tensors[i];
+    pool_t *p = stage_tensor_pool(st, ref);
+    return p ? pool_data(p, ref->offset, ref->bytes, st->gen) : NULL;
+}
+
+/* Releases every tensor of the job that this process holds. */
+static void stage_release_tensors(stage_t *st, stage_job_t *job)
+{
+    for (uint32_t i = 0; i < job->msg.n_tensors; i++) {
+        pool_t *p = stage_tensor_pool(st, &job->msg.tensors[i]);
+        if (p)
+            pool_release(p, job->msg.tensors[i].offset, st->gen);
+    }
+    job->msg.n_tensors = 0;
+}
+
+/* ---- jobs --------------------------------------------------------------------------------- */
+
+static void stage_job_free(stage_job_t *job)
+{
+    if (job) {
+        free(job->frame);
+        free(job);
+    }
+}
+
+stage_job_t *stage_job_new(stage_t *st, uint64_t id, const char *const *route, uint32_t n_route)
+{
+    if (n_route > PROTO_MAX_ROUTE)
+        return NULL;
+    stage_job_t *job = calloc(1, sizeof *job);
+    if (!job)
+        return NULL;
+    job->msg.id = id;
+    snprintf(job->msg.origin, sizeof job->msg.origin, "%s", st->name);
+    job->msg.origin_slot = st->slot;
+    job->msg.n_route = n_route;
+    for (uint32_t i = 0; i < n_route; i++)
+        snprintf(job->msg.route[i], sizeof job->msg.route[i], "%s", route[i]);
+    return job;
+}
+
+void stage_job_finish(stage_t *st, stage_job_t *job)
+{
+    stage_release_tensors(st, job);
+    stage_job_free(job);
+}
+
+static void stage_pending_push(stage_t *st, stage_job_t *job)
+{
+    job->next = NULL;
+    if (st->pending_tail)
+        st->pending_tail->next = job;
+    else
+        st->pending_head = job;
+    st->pending_tail = job;
+    st->n_pending++;
+}
+
+static bool stage_is_config_stage(const stage_t *st, const char *name)
+{
+    return config_find_stage(&st->config, name) != NULL;
+}
+
+static void *stage_push_socket(stage_t *st, uint32_t slot, const char *name, uint32_t replica)
+{
+    if (st->push[slot])
+        return st->push[slot];
+    void *s = zmq_socket(st->zctx, ZMQ_PUSH);
+    if (!s)
+        return NULL;
+    const config_stage_t *peer = config_find_stage(&st->config, name);
+    int hwm = peer ? peer->queue_depth : 16, zero = 0, one = 1;
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    /* Queue only on live connections: a message must never wait in a pipe for a replica that
+     * died and come out at its successor, which could not use it. */
+    zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof one);
+    char ep[STAGE_ENDPOINT_MAX];
+    snprintf(ep, sizeof ep, "ipc://%s/%s.%u", st->runtime_dir, name, replica);
+    if (zmq_connect(s, ep) != 0) {
+        log_error("cannot connect to %s: %s", ep, zmq_strerror(errno));
+        zmq_close(s);
+        return NULL;
+    }
+    st->push[slot] = s;
+    return s;
+}
+
+/* Moves every tensor of the job from holder `from` to `to`; on failure moves back those it
+ * moved and returns -1. */
+static int stage_hand_over_all(stage_t *st, proto_job_t *msg, uint32_t from, uint32_t to)
+{
+    for (uint32_t i = 0; i < msg->n_tensors; i++) {
+        pool_t *p = stage_tensor_pool(st, &msg->tensors[i]);
+        if (!p || pool_hand_over(p, msg->tensors[i].offset, from, to) != 0) {
+            for (uint32_t j = 0; j < i; j++) {
+                pool_t *q = stage_tensor_pool(st, &msg->tensors[j]);
+                if (q)
+                    pool_hand_over(q, msg->tensors[j].offset, to, from);
+            }
+            return -1;
+        }
+    }
+    return 0;
+}
+
+typedef enum { SEND_OK, SEND_BUSY, SEND_BROKEN } stage_send_result_t;
+
+/* One try at sending job to its next step. SEND_BUSY: no replica up or with room now. */
+static stage_send_result_t stage_try_send(stage_t *st, stage_job_t *job)
+{
+    const char *next = job->msg.route[0];
+    int stage_index = -1;
+    for (int i = 0; i < st->config.n_stages; i++)
+        if (strcmp(st->config.stages[i].name, next) == 0)
+            stage_index = i;
+    if (stage_index < 0 || !st->have_roster)
+        return stage_index < 0 ? SEND_BROKEN : SEND_BUSY;
+
+    /* Candidates: up replicas of the next stage; a result for the origin goes to the replica
+     * that holds the client, no other. */
+    uint32_t cand[PROTO_MAX_SLOTS], n = 0;
+    bool to_origin = job->msg.n_route == 1 && strcmp(next, job->msg.origin) == 0;
+    for (uint32_t i = 0; i < st->roster.n; i++) {
+        const proto_roster_entry_t *e = &st->roster.entries[i];
+        /* A draining replica still finishes jobs already in the pipeline: only origins stop
+         * making new ones. */
+        bool takes_jobs = e->state == PROTO_SLOT_UP || e->state == PROTO_SLOT_DRAINING;
+        if (!takes_jobs || strcmp(e->stage, next) != 0)
+            continue;
+        if (to_origin && e->slot != job->msg.origin_slot)
+            continue;
+        cand[n++] = i;
+    }
+    if (to_origin && n == 0) {
+        /* The replica holding the client is gone; its successor cannot answer it. */
+        bool exists = false;
+        for (uint32_t i = 0; i < st->roster.n; i++)
+            if (st->roster.entries[i].slot == job->msg.origin_slot &&
+                st->roster.entries[i].state != PROTO_SLOT_DOWN)
+                exists = true;
+        if (!exists)
+            return SEND_BROKEN;
+    }
+
+    proto_msg_t out = {.type = PROTO_MSG_JOB};
+    out.u.job = job->msg;
+    out.u.job.n_route = job->msg.n_route - 1;
+    memmove(out.u.job.route, job->msg.route + 1, sizeof out.u.job.route[0] * out.u.job.n_route);
+
+    for (uint32_t k = 0; k < n; k++) {
+        const proto_roster_entry_t *e = &st->roster.entries[cand[(st->rr[stage_index] + k) % n]];
+        void *sock = stage_push_socket(st, e->slot, e->stage, e->replica);
+        if (!sock)
+            continue;
+        out.u.job.to_gen = e->gen;
+        if (stage_hand_over_all(st, &out.u.job, st->gen, e->gen) != 0)
+            return SEND_BROKEN;
+        if (stage_send_msg(sock, &out, ZMQ_DONTWAIT) == 0) {
+            st->rr[stage_index] = (st->rr[stage_index] + k + 1) % n;
+            return SEND_OK;
+        }
+        /* Full or gone: take the blocks back and try the next replica. */
+        stage_hand_over_all(st, &out.u.job, e->gen, st->gen);
+    }
+    return SEND_BUSY;
+}
+
+static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const char *msg);
+
+/* Sends now or queues; the job belongs to the skeleton from here. */
+void stage_job_forward(stage_t *st, stage_job_t *job)
+{
+    if (job->msg.n_route == 0) {
+        stage_job_finish(st, job);
+        return;
+    }
+    if (st->pending_head) { /* keep order behind jobs already waiting */
+        stage_pending_push(st, job);
+        return;
+    }
+    switch (stage_try_send(st, job)) {
+    case SEND_OK:
+        stage_job_free(job);
+        break;
+    case SEND_BUSY:
+        stage_pending_push(st, job);
+        break;
+    case SEND_BROKEN:
+        if (job->msg.error == 0 && stage_is_config_stage(st, job->msg.origin))
+            stage_fail_to_origin(st, job, 503, "a block of this job was lost with a stopped stage");
+        else {
+            st->stats.jobs_dropped++;
+            log_warn("dropping job %llu: no way to %s", (unsigned long long)job->msg.id,
+                     job->msg.route[0]);
+            stage_job_finish(st, job);
+        }
+        break;
+    }
+}
+
+static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const char *msg)
+{
+    stage_release_tensors(st, job);
+    job->msg.error = code;
+    snprintf(job->msg.error_msg, sizeof job->msg.error_msg, "%s", msg);
+    job->msg.params = NULL;
+    job->msg.params_len = 0;
+    job->msg.n_route = 1;
+    snprintf(job->msg.route[0], sizeof job->msg.route[0], "%s", job->msg.origin);
+    if (strcmp(job->msg.origin, st->name) == 0 && job->msg.origin_slot == st->slot) {
+        /* We are the origin: hand the failure to our own job callback. */
+        job->msg.n_route = 0;
+        st->stats.jobs_failed++;
+        stage_job_result_t r = st->ops->job(st, st->state, job);
+        if (r != STAGE_JOB_KEPT)
+            stage_job_finish(st, job);
+        return;
+    }
+    st->stats.jobs_failed++;
+    switch (stage_try_send(st, job)) {
+    case SEND_OK:
+        stage_job_free(job);
+        break;
+    case SEND_BUSY:
+        stage_pending_push(st, job);
+        break;
+    case SEND_BROKEN:
+        st->stats.jobs_dropped++;
+        stage_job_finish(st, job);
+        break;
+    }
+}
+
+void stage_job_fail(stage_t *st, stage_job_t *job, int code, const char *msg)
+{
+    stage_fail_to_origin(st, job, code, msg);
+}
+
+static void stage_flush_pending(stage_t *st)
+{
+    while (st->pending_head) {
+        stage_job_t *job = st->pending_head;
+        stage_send_result_t r = stage_try_send(st, job);
+        if (r == SEND_BUSY)
+            return;
+        st->pending_head = job->next;
+        if (!st->pending_head)
+            st->pending_tail = NULL;
+        st->n_pending--;
+        job->next = NULL;
+        if (r == SEND_OK)
+            stage_job_free(job);
+        else {
+            st->stats.jobs_dropped++;
+            log_warn("dropping job %llu: its next step %s is gone", (unsigned long long)job->msg.id,
+                     job->msg.route[0]);
+            stage_job_finish(st, job);
+        }
+    }
+}
+
+/* ---- receiving ---------------------------------------------------------------------------- */
+
+static void stage_handle_job(stage_t *st, void *frame, stage_job_t *job)
+{
+    job->frame = frame;
+    if (job->msg.to_gen != st->gen) {
+        /* Meant for a predecessor of this replica: its blocks went back to their owners when
+         * that process died. Touch nothing. */
+        st->stats.jobs_dropped++;
+        log_debug("dropping job %llu sent to generation %u", (unsigned long long)job->msg.id,
+                  job->msg.to_gen);
+        stage_job_free(job);
+        return;
+    }
+    for (uint32_t i = 0; i < job->msg.n_tensors; i++) {
+        if (!stage_tensor_data(st, job, i)) {
+            log_warn("job %llu: tensor %u (pool %u gen %u offset %llu) is not held by this "
+                     "process", (unsigned long long)job->msg.id, i, job->msg.tensors[i].pool,
+                     job->msg.tensors[i].gen, (unsigned long long)job->msg.tensors[i].offset);
+            st->stats.jobs_dropped++;
+            stage_fail_to_origin(st, job, 503, "a tensor of this job was lost");
+            return;
+        }
+    }
+    int64_t t0 = stage_now_us();
+    stage_job_result_t r = st->ops->job(st, st->state, job);
+    st->stats.busy_us += (uint64_t)(stage_now_us() - t0);
+    switch (r) {
+    case STAGE_JOB_FORWARD:
+        st->stats.jobs_done++;
+        stage_job_forward(st, job);
+        break;
+    case STAGE_JOB_KEPT:
+        break;
+    case STAGE_JOB_FAILED:
+    default:
+        stage_fail_to_origin(st, job, job->msg.error ? job->msg.error : 500,
+                             job->msg.error_msg[0] ? job->msg.error_msg : "stage failed");
+        break;
+    }
+}
+
+/* Receives one frame from sock into a heap buffer; NULL if none or too large. */
+static void *stage_recv_frame(void *sock, size_t *size)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&m);
+        return NULL;
+    }
+    size_t n = zmq_msg_size(&m);
+    void *buf = NULL;
+    if (n <= PROTO_MAX_FRAME && (buf = malloc(n ? n : 1)) != NULL)
+        memcpy(buf, zmq_msg_data(&m), n);
+    else
+        log_warn("dropping a frame of %zu bytes", n);
+    /* Skip further parts of a multi-part message: the protocol has one frame per message. */
+    while (zmq_msg_more(&m)) {
+        zmq_msg_close(&m);
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) < 0)
+            break;
+    }
+    zmq_msg_close(&m);
+    *size = n;
+    if (!buf)
+        *size = 0;
+    return buf;
+}
+
+static bool stage_gen_is_dead(uint32_t holder, void *ctx)
+{
+    const stage_t *st = ctx;
+    if (holder == st->gen || holder > st->max_gen)
+        return false; /* ourselves, or a process spawned after the roster we know */
+    for (uint32_t i = 0; i < st->roster.n; i++)
+        if (st->roster.entries[i].gen == holder && st->roster.entries[i].state != PROTO_SLOT_DOWN)
+            return false;
+    return true;
+}
+
+static void stage_reclaim(stage_t *st)
+{
+    if (!st->pool || !st->have_roster)
+        return;
+    size_t n = pool_reclaim(st->pool, stage_gen_is_dead, st);
+    if (n)
+        log_info("reclaimed %zu block%s held by stopped processes", n, n == 1 ? "" : "s");
+}
+
+static void stage_handle_roster(stage_t *st, const proto_roster_t *roster)
+{
+    if (st->have_roster && roster->seq <= st->roster.seq)
+        return;
+    st->roster = *roster;
+    st->have_roster = true;
+    for (uint32_t i = 0; i < roster->n; i++) {
+        const proto_roster_entry_t *e = &roster->entries[i];
+        if (e->gen > st->max_gen)
+            st->max_gen = e->gen;
+        if (e->slot != st->slot)
+            pool_cache_forget_stale(st->pools, e->slot, e->gen);
+    }
+    stage_reclaim(st);
+}
+
+static void stage_handle_control(stage_t *st)
+{
+    size_t size;
+    void *frame;
+    while ((frame = stage_recv_frame(st->control, &size)) != NULL) {
+        proto_msg_t *msg = malloc(sizeof *msg);
+        char err[256];
+        if (!msg) {
+            free(frame);
+            return;
+        }
+        if (proto_decode(frame, size, msg, err, sizeof err) != 0) {
+            log_warn("dropping a control message: %s", err);
+        } else if (msg->type == PROTO_MSG_ROSTER) {
+            stage_handle_roster(st, &msg->u.roster);
+        } else if (msg->type == PROTO_MSG_DRAIN) {
+            if (!st->draining)
+                log_info("draining");
+            st->draining = true;
+            stage_send_heartbeat(st); /* report inflight now, not at the next beat */
+        } else if (msg->type == PROTO_MSG_SHUTDOWN) {
+            st->running = false;
+        } else {
+            log_warn("dropping an unexpected %s message", proto_msg_type_name(msg->type));
+        }
+        free(msg);
+        free(frame);
+    }
+}
+
+static void stage_handle_jobs(stage_t *st)
+{
+    /* Bounded per turn, in count and in time, so that control messages, heartbeats and the
+     * tick are never starved by a queue of jobs. */
+    for (int i = 0; i < 64 && !st->pending_head && st->running; i++) {
+        if (i > 0 && stage_now_ms() >= st->next_heartbeat_ms)
+            return;
+        size_t size;
+        void *frame = stage_recv_frame(st->jobs_in, &size);
+        if (!frame)
+            return;
+        stage_job_t *job = calloc(1, sizeof *job);
+        proto_msg_t *msg = malloc(sizeof *msg);
+        char err[256];
+        if (!job || !msg) {
+            free(job);
+            free(msg);
+            free(frame);
+            st->stats.jobs_dropped++;
+            log_error("out of memory receiving a job");
+            continue;
+        }
+        if (proto_decode(frame, size, msg, err, sizeof err) != 0 || msg->type != PROTO_MSG_JOB) {
+            log_warn("dropping a message on the job socket: %s",
+                     msg->type != PROTO_MSG_JOB ? "not a job" : err);
+            st->stats.jobs_dropped++;
+            free(job);
+            free(msg);
+            free(frame);
+            continue;
+        }
+        job->msg = msg->u.job;
+        free(msg);
+        stage_handle_job(st, frame, job);
+    }
+}
+
+/* ---- start-up ------------------------------------------------------------------------------ */
+
+static int stage_parse_u32(const char *text, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno || *text == '\0' || *end != '\0' || v > UINT32_MAX)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static void stage_usage(const char *prog)
+{
+    fprintf(stderr,
+            "usage: %s --config FILE --stage NAME --replica N --slot N --gen N --runtime-dir DIR"
+            " [-- STAGE-ARGS]\n"
+            "Stage programs are started by diffusiond, which passes these arguments.\n",
+            prog);
+}
+
+/* Parses the supervisor's arguments; *rest_index is where the stage's own arguments begin. */
+static int stage_parse_args(stage_t *st, int argc, char **argv, int *rest_index)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},  {"stage", required_argument, NULL, 's'},
+        {"replica", required_argument, NULL, 'r'}, {"slot", required_argument, NULL, 'S'},
+        {"gen", required_argument, NULL, 'g'},     {"runtime-dir", required_argument, NULL, 'd'},
+        {NULL, 0, NULL, 0},
+    };
+    bool have_gen = false, have_slot = false, have_replica = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': snprintf(st->config_path, sizeof st->config_path, "%s", optarg); break;
+        case 's': snprintf(st->name, sizeof st->name, "%s", optarg); break;
+        case 'd': snprintf(st->runtime_dir, sizeof st->runtime_dir, "%s", optarg); break;
+        case 'r': if (stage_parse_u32(optarg, &st->replica) != 0) return -1; have_replica = true; break;
+        case 'S': if (stage_parse_u32(optarg, &st->slot) != 0) return -1; have_slot = true; break;
+        case 'g': if (stage_parse_u32(optarg, &st->gen) != 0) return -1; have_gen = true; break;
+        default: return -1;
+        }
+    }
+    if (!st->config_path[0] || !st->name[0] || !st->runtime_dir[0] || !have_gen || !have_slot ||
+        !have_replica || st->gen == 0 || st->slot >= PROTO_MAX_SLOTS)
+        return -1;
+    *rest_index = optind;
+    return 0;
+}
+
+static int stage_open_sockets(stage_t *st)
+{
+    char ep[STAGE_ENDPOINT_MAX];
+    int zero = 0, hwm = 10000;
+    st->zctx = zmq_ctx_new();
+    st->control = st->zctx ? zmq_socket(st->zctx, ZMQ_DEALER) : NULL;
+    if (!st->control)
+        return -1;
+    zmq_setsockopt(st->control, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(st->control, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(st->control, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    snprintf(ep, sizeof ep, "ipc://%s/control", st->runtime_dir);
+    if (zmq_connect(st->control, ep) != 0) {
+        log_error("cannot connect to the supervisor at %s: %s", ep, zmq_strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int stage_bind_jobs(stage_t *st)
+{
+    char ep[STAGE_ENDPOINT_MAX];
+    int zero = 0, hwm = st->section->queue_depth;
+    st->jobs_in = zmq_socket(st->zctx, ZMQ_PULL);
+    if (!st->jobs_in)
+        return -1;
+    zmq_setsockopt(st->jobs_in, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(st->jobs_in, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    snprintf(ep, sizeof ep, "ipc://%s/%s.%u", st->runtime_dir, st->name, st->replica);
+    if (zmq_bind(st->jobs_in, ep) != 0) {
+        log_error("cannot bind %s: %s", ep, zmq_strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void stage_close(stage_t *st)
+{
+    while (st->pending_head) {
+        stage_job_t *job = st->pending_head;
+        st->pending_head = job->next;
+        stage_job_finish(st, job);
+    }
+    st->pending_tail = NULL;
+    for (int i = 0; i < PROTO_MAX_SLOTS; i++)
+        if (st->push[i])
+            zmq_close(st->push[i]);
+    if (st->jobs_in)
+        zmq_close(st->jobs_in);
+    if (st->control)
+        zmq_close(st->control);
+    if (st->zctx)
+        zmq_ctx_term(st->zctx);
+    pool_cache_free(&st->pools);
+    pool_close(&st->pool);
+}
+
+static void stage_loop(stage_t *st)
+{
+    int tick_ms = st->ops->tick_ms > 0 ? st->ops->tick_ms : 100;
+    int64_t next_tick = 0;
+    while (st->running) {
+        if (stage_stop_signal) {
+            log_info("stopping on signal %d", (int)stage_stop_signal);
+            break;
+        }
+        if (getppid() != st->parent) {
+            log_warn("the supervisor is gone: exiting");
+            break;
+        }
+        int64_t now = stage_now_ms();
+        if (now >= st->next_heartbeat_ms) {
+            stage_reclaim(st); /* also catches blocks handed to a process after it died */
+            stage_send_heartbeat(st);
+            st->next_heartbeat_ms = now + st->config.server.heartbeat_ms;
+        }
+        if (st->ops->tick && now >= next_tick) {
+            st->ops->tick(st, st->state);
+            next_tick = now + tick_ms;
+        }
+        stage_flush_pending(st);
+
+        zmq_pollitem_t items[3] = {
+            {.socket = st->control, .events = ZMQ_POLLIN},
+            {.fd = stage_signal_pipe[0], .events = ZMQ_POLLIN},
+            {.socket = st->jobs_in, .events = ZMQ_POLLIN},
+        };
+        /* While jobs wait for room downstream, take no more: that is the backpressure. */
+        int n_items = st->pending_head ? 2 : 3;
+        int64_t wait = st->next_heartbeat_ms - stage_now_ms();
+        if (st->ops->tick && next_tick - stage_now_ms() < wait)
+            wait = next_tick - stage_now_ms();
+        if (st->pending_head && wait > 5)
+            wait = 5;
+        if (wait < 0)
+            wait = 0;
+        if (zmq_poll(items, n_items, (long)wait) < 0 && errno != EINTR) {
+            log_error("poll: %s", zmq_strerror(errno));
+            break;
+        }
+        if (items[1].revents & ZMQ_POLLIN) {
+            char buf[64];
+            ssize_t r = read(stage_signal_pipe[0], buf, sizeof buf);
+            (void)r;
+        }
+        stage_handle_control(st);
+        if (n_items == 3)
+            stage_handle_jobs(st);
+    }
+}
+
+int stage_main(int argc, char **argv, const stage_ops_t *ops)
+{
+    static stage_t stage; /* one per process; static keeps the large tables off the stack */
+    stage_t *st = &stage;
+    memset(st, 0, sizeof *st);
+    st->ops = ops;
+    st->parent = getppid();
+    log_init(argv[0], LOG_LEVEL_INFO);
+
+    int rest = argc;
+    if (stage_parse_args(st, argc, argv, &rest) != 0) {
+        stage_usage(argv[0]);
+        return STAGE_EXIT_CONFIG;
+    }
+    char component[64];
+    snprintf(component, sizeof component, "%.31s.%u", st->name, st->replica);
+    log_init(component, LOG_LEVEL_INFO);
+
+    char err[CONFIG_ERROR_MAX];
+    if (config_load(&st->config, st->config_path, err, sizeof err) != 0) {
+        log_error("bad config: %s", err);
+        return STAGE_EXIT_CONFIG;
+    }
+    log_set_level((log_level_t)st->config.server.log_level);
+    st->section = config_find_stage(&st->config, st->name);
+    if (!st->section) {
+        log_error("bad config: %s has no [stage.%s] section", st->config_path, st->name);
+        return STAGE_EXIT_CONFIG;
+    }
+
+    /* The supervisor sets PR_SET_PDEATHSIG before exec; setting it again here covers a stage
+     * started by other means, and the getppid() check in the loop covers the race before it. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (pipe2(stage_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        log_error("pipe: %s", strerror(errno));
+        return STAGE_EXIT_ERROR;
+    }
+    struct sigaction sa = {.sa_handler = stage_on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN); /* reloads are the supervisor's business */
+
+    int exit_code = STAGE_EXIT_ERROR;
+    st->pools = pool_cache_new(st->config.server.instance);
+    if (!st->pools || stage_open_sockets(st) != 0)
+        goto out;
+
+    proto_msg_t hello = {.type = PROTO_MSG_HELLO};
+    snprintf(hello.u.hello.stage, sizeof hello.u.hello.stage, "%.31s", st->name);
+    hello.u.hello.slot = st->slot;
+    hello.u.hello.gen = st->gen;
+    hello.u.hello.pid = (int32_t)getpid();
+    stage_send_control(st, &hello);
+
+    if (st->section->pool_size > 0) {
+        int device = st->section->device.cuda ? st->section->device.index : POOL_DEVICE_HOST;
+        st->pool = pool_create(st->config.server.instance, st->slot, st->gen,
+                               st->section->pool_size, device, err, sizeof err);
+        if (!st->pool) {
+            log_error("cannot create the tensor pool: %s", err);
+            goto out;
+        }
+    }
+    if (ops->init) {
+        int rc = ops->init(st, argc - rest, argv + rest, &st->state);
+        if (rc != 0) {
+            exit_code = rc;
+            goto out;
+        }
+    }
+    if (stage_bind_jobs(st) != 0)
+        goto out;
+
+    proto_msg_t ready = {.type = PROTO_MSG_READY};
+    ready.u.ready.slot = st->slot;
+    ready.u.ready.gen = st->gen;
+    stage_send_control(st, &ready);
+    log_debug("ready (generation %u)", st->gen);
+
+    st->running = true;
+    stage_loop(st);
+    exit_code = STAGE_EXIT_OK;
+    if (ops->fini)
+        ops->fini(st, st->state);
+out:
+    stage_close(st);
+    return exit_code;
+}

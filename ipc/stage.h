@@ -1,0 +1,98 @@
+/* stage: the skeleton every stage program runs.
+ *
+ * A stage's main() is one call: stage_main(argc, argv, &ops). The skeleton owns everything that
+ * is the same in every stage: argument parsing, signals, the control channel to the supervisor
+ * (HELLO, READY, HEARTBEAT with stats; ROSTER, DRAIN, SHUTDOWN), the stage's tensor pool, the
+ * pools of other stages it reads, the receive loop, and forwarding a job to the next step of
+ * its route. The stage supplies callbacks (stage_ops_t) that do the work.
+ *
+ * A job arrives with its tensors checked: every reference names a block this process now
+ * holds (stage_tensor_data gives its address). When the job callback returns STAGE_JOB_FORWARD
+ * the skeleton hands the tensors to a replica of the next stage in the route (round-robin over
+ * the replicas that are up and not full) or, at the end of the route, releases them.
+ *
+ * Exit codes (the supervisor's contract): 0 done, 1 clean error, 2 bad config (not restarted),
+ * anything else a crash. */
+#ifndef DIFFUSIOND_STAGE_H
+#define DIFFUSIOND_STAGE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ipc/pool.h"
+#include "ipc/proto.h"
+#include "supervisor/config.h"
+
+enum {
+    STAGE_EXIT_OK = 0,
+    STAGE_EXIT_ERROR = 1,
+    STAGE_EXIT_CONFIG = 2,
+};
+
+typedef struct stage stage_t;
+
+/* A job while a stage holds it. The message fields are in msg; the frame it was decoded from
+ * stays alive as long as the job (msg.params borrows from it). */
+typedef struct stage_job {
+    proto_job_t msg;
+    void *frame;               /* owned: the received bytes */
+    struct stage_job *next;    /* for the skeleton's and the stage's queues */
+} stage_job_t;
+
+typedef enum {
+    STAGE_JOB_FORWARD = 0, /* done here: send on to the next step (or finish at the route's end) */
+    STAGE_JOB_KEPT = 1,    /* the stage keeps the job and later calls stage_job_forward/_fail */
+    STAGE_JOB_FAILED = -1, /* the skeleton answers the origin with job->msg.error set */
+} stage_job_result_t;
+
+typedef struct {
+    /* Called once before READY, after the config is read. Load weights here. Returns 0, or a
+     * STAGE_EXIT_* code to exit with. argc/argv: the stage's own arguments (config `args`). */
+    int (*init)(stage_t *st, int argc, char **argv, void **state);
+    /* A job arrived whose tensors this process now holds. */
+    stage_job_result_t (*job)(stage_t *st, void *state, stage_job_t *job);
+    /* Called every loop turn (at least every tick_ms): sources make work, batchers flush. */
+    void (*tick)(stage_t *st, void *state);
+    /* Jobs this stage holds (kept or outstanding), reported in heartbeats; drain waits for 0. */
+    uint32_t (*inflight)(stage_t *st, void *state);
+    void (*fini)(stage_t *st, void *state);
+    int tick_ms;               /* 0: 100 */
+} stage_ops_t;
+
+int stage_main(int argc, char **argv, const stage_ops_t *ops);
+
+/* Who and where this process is. */
+const char *stage_name(const stage_t *st);
+uint32_t stage_replica(const stage_t *st);
+uint32_t stage_slot(const stage_t *st);
+uint32_t stage_gen(const stage_t *st);
+const config_t *stage_config(const stage_t *st);
+const config_stage_t *stage_section(const stage_t *st);
+const char *stage_runtime_dir(const stage_t *st);
+/* True once the supervisor asked for a drain: take no new work. */
+bool stage_draining(const stage_t *st);
+
+/* Allocates a tensor in this stage's pool, held by this process. Returns 0 and fills *ref and
+ * *data, or -1 when the pool is full (try again later) or the request is out of bounds. */
+int stage_tensor_alloc(stage_t *st, int dtype, int ndim, const int64_t *shape,
+                       proto_tensor_ref_t *ref, void **data);
+/* Address of the job's i-th tensor (checked on arrival). */
+void *stage_tensor_data(stage_t *st, const stage_job_t *job, uint32_t i);
+/* The pool a reference points into (already opened), NULL if it cannot be. */
+pool_t *stage_tensor_pool(stage_t *st, const proto_tensor_ref_t *ref);
+
+/* A new job that starts here (the origin). route: the steps ahead, origin last if the result
+ * should come back. The caller adds tensors with stage_tensor_alloc into job->msg.tensors. */
+stage_job_t *stage_job_new(stage_t *st, uint64_t id, const char *const *route, uint32_t n_route);
+/* Sends a job the stage kept (or made) to the next step; the skeleton owns it afterwards. */
+void stage_job_forward(stage_t *st, stage_job_t *job);
+/* Fails a kept job: the origin gets it back with the error and no tensors. */
+void stage_job_fail(stage_t *st, stage_job_t *job, int code, const char *msg);
+/* Releases the job's tensors and frees it (the end of a job at its last step). */
+void stage_job_finish(stage_t *st, stage_job_t *job);
+
+/* Monotonic clock in milliseconds and microseconds. */
+int64_t stage_now_ms(void);
+int64_t stage_now_us(void);
+
+#endif

@@ -1,0 +1,193 @@
+/* bench_handoff: what it costs to hand a tensor from one stage process to another, next to
+ * what copying it would cost.
+ *
+ * Two processes, the same path a job takes between stages: the owner allocates a block in its
+ * pool, hands it over to the consumer's generation, encodes the job (proto) and sends it over a
+ * ZeroMQ ipc:// PUSH socket; the consumer receives, decodes, opens the pool (once, cached),
+ * checks the block is its own (pool_data), reads one byte of it, releases it and acks. The
+ * figure is the median round trip (reference out, ack back) over many handoffs, so it includes
+ * one extra small message; next to it, memcpy of the same bytes in the same run. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "ipc/pool.h"
+#include "ipc/proto.h"
+
+#define OWNER_GEN 1
+#define CONSUMER_GEN 2
+#define ROUNDS 200
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int64_t median(int64_t *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_i64);
+    return v[n / 2];
+}
+
+/* The consumer: receive a job, check and touch its tensor, release it, ack. */
+static int consumer(const char *instance, const char *dir)
+{
+    char ep[512], err[256];
+    void *ctx = zmq_ctx_new();
+    void *in = zmq_socket(ctx, ZMQ_PULL), *ack = zmq_socket(ctx, ZMQ_PUSH);
+    snprintf(ep, sizeof ep, "ipc://%s/consumer", dir);
+    zmq_bind(in, ep);
+    snprintf(ep, sizeof ep, "ipc://%s/ack", dir);
+    zmq_connect(ack, ep);
+    pool_cache_t *cache = pool_cache_new(instance);
+    proto_msg_t *msg = malloc(sizeof *msg);
+    char buf[PROTO_MAX_FRAME];
+    volatile uint8_t sink = 0;
+    zmq_send(ack, "h", 1, 0); /* bound: the owner may start */
+    for (;;) {
+        int n = zmq_recv(in, buf, sizeof buf, 0);
+        if (n <= 0 || (size_t)n > sizeof buf)
+            break;
+        if (proto_decode(buf, (size_t)n, msg, err, sizeof err) != 0 || msg->type != PROTO_MSG_JOB)
+            break;
+        if (msg->u.job.n_tensors == 0)
+            break; /* the end */
+        const proto_tensor_ref_t *ref = &msg->u.job.tensors[0];
+        pool_t *p = pool_cache_get(cache, ref->pool, ref->gen, err, sizeof err);
+        const uint8_t *data = p ? pool_data(p, ref->offset, ref->bytes, CONSUMER_GEN) : NULL;
+        if (!data) {
+            fprintf(stderr, "consumer: bad reference: %s\n", p ? "not held" : err);
+            return 1;
+        }
+        sink ^= data[ref->bytes - 1];
+        pool_release(p, ref->offset, CONSUMER_GEN);
+        zmq_send(ack, "a", 1, 0);
+    }
+    (void)sink;
+    free(msg);
+    pool_cache_free(&cache);
+    zmq_close(in);
+    zmq_close(ack);
+    zmq_ctx_term(ctx);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const uint64_t sizes[] = {4096, 1u << 20, 64u << 20, 256u << 20};
+    char dir[] = "/tmp/diffusiond-bench-XXXXXX", instance[32], err[256], ep[512];
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(instance, sizeof instance, "bench%d", (int)getpid());
+    pool_t *pool = pool_create(instance, 0, OWNER_GEN, (256u << 20) + (1u << 20), POOL_DEVICE_HOST,
+                               err, sizeof err);
+    if (!pool) {
+        fprintf(stderr, "bench_handoff: %s\n", err);
+        return 1;
+    }
+    pid_t child = fork();
+    if (child == 0)
+        _exit(consumer(instance, dir));
+
+    void *ctx = zmq_ctx_new();
+    void *out = zmq_socket(ctx, ZMQ_PUSH), *ack = zmq_socket(ctx, ZMQ_PULL);
+    snprintf(ep, sizeof ep, "ipc://%s/ack", dir);
+    zmq_bind(ack, ep);
+    snprintf(ep, sizeof ep, "ipc://%s/consumer", dir);
+    zmq_connect(out, ep);
+    char a;
+    zmq_recv(ack, &a, 1, 0);
+
+    printf("tensor handoff between two processes (median of %d), memcpy of the same bytes\n",
+           ROUNDS);
+    printf("%10s %16s %14s %10s\n", "bytes", "handoff_us", "memcpy_us", "ratio");
+    proto_msg_t msg = {.type = PROTO_MSG_JOB};
+    int64_t t_hand[ROUNDS], t_copy[ROUNDS];
+    uint8_t *copy_dst = malloc(256u << 20);
+    if (!copy_dst)
+        return 1;
+    memset(copy_dst, 0, 256u << 20); /* fault the pages in: time the copy, not the faults */
+    int rc = 0;
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0] && rc == 0; k++) {
+        uint64_t bytes = sizes[k];
+        int rounds = bytes >= (64u << 20) ? ROUNDS / 4 : ROUNDS;
+        for (int r = 0; r < rounds; r++) {
+            uint64_t off;
+            if (pool_alloc(pool, bytes, OWNER_GEN, &off) != 0) {
+                fprintf(stderr, "bench_handoff: pool exhausted\n");
+                rc = 1;
+                break;
+            }
+            uint8_t *data = pool_data(pool, off, bytes, OWNER_GEN);
+            memset(data, r, bytes); /* a real producer wrote it: the pages are resident */
+
+            int64_t t0 = now_ns();
+            proto_job_t *job = &msg.u.job;
+            memset(job, 0, sizeof *job);
+            job->id = (uint64_t)r;
+            job->to_gen = CONSUMER_GEN;
+            snprintf(job->origin, sizeof job->origin, "bench");
+            job->n_tensors = 1;
+            job->tensors[0] = (proto_tensor_ref_t){.pool = 0, .gen = OWNER_GEN, .offset = off,
+                                                   .bytes = bytes, .device = -1,
+                                                   .dtype = PROTO_DTYPE_U8, .ndim = 1,
+                                                   .shape = {(int64_t)bytes}};
+            pool_hand_over(pool, off, OWNER_GEN, CONSUMER_GEN);
+            proto_buf_t buf;
+            if (proto_encode(&msg, &buf, err, sizeof err) != 0) {
+                fprintf(stderr, "bench_handoff: %s\n", err);
+                rc = 1;
+                break;
+            }
+            zmq_send(out, buf.data, buf.size, 0);
+            proto_buf_free(&buf);
+            zmq_recv(ack, &a, 1, 0);
+            t_hand[r] = now_ns() - t0;
+
+            t0 = now_ns();
+            memcpy(copy_dst, data, bytes);
+            t_copy[r] = now_ns() - t0;
+            __asm__ volatile("" : : "r"(copy_dst) : "memory"); /* keep the copy */
+        }
+        if (rc)
+            break;
+        double h = (double)median(t_hand, rounds) / 1e3, c = (double)median(t_copy, rounds) / 1e3;
+        printf("%10llu %16.1f %14.1f %9.3fx\n", (unsigned long long)bytes, h, c, h / c);
+    }
+    msg.u.job.n_tensors = 0;
+    proto_buf_t end;
+    if (proto_encode(&msg, &end, err, sizeof err) == 0) {
+        zmq_send(out, end.data, end.size, 0);
+        proto_buf_free(&end);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    free(copy_dst);
+    zmq_close(out);
+    zmq_close(ack);
+    zmq_ctx_term(ctx);
+    pool_close(&pool);
+    snprintf(ep, sizeof ep, "%s/consumer", dir);
+    unlink(ep);
+    snprintf(ep, sizeof ep, "%s/ack", dir);
+    unlink(ep);
+    rmdir(dir);
+    (void)argc;
+    (void)argv;
+    return rc;
+}
