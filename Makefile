@@ -56,6 +56,8 @@ BINS       := $(BUILD)/diffusiond $(TSTAGE_BIN) $(UNIT_BINS) $(BENCH_BINS)
 
 .PHONY: fuzz-build all deps run test test-unit test-process asan fuzz bench check-config clean cuda-note
 .DEFAULT_GOAL := all
+# Keep object files that only feed a pattern rule's link (make would delete them).
+.SECONDARY:
 
 all: cuda-note $(BINS)
 

@@ -16,6 +16,10 @@ passed=0 failed=0 skipped=0
 failures=()
 
 
+tally() { # $1: pytest's output; $2: a word of its summary line ("3 passed, 1 failed in 2.0s")
+  grep -E '^[=]* ?[0-9]+ [a-z]+.* in [0-9.]+s' "$1" | tail -n 1 | grep -Eo "[0-9]+ $2" | cut -d' ' -f1
+}
+
 count() { # $1: file with the output; $2: regex capturing a number
   sed -nE "s/$2/\1/p" "$1" | tail -n 1
 }
@@ -66,8 +70,7 @@ for build in "${builds[@]}"; do
     echo "== process tests ($build)"
     out=$(mktemp)
     DIFFUSIOND_BUILD="$(pwd)/$build" "$PYTHON" -m pytest -p no:cacheprovider -q tests/process 2>&1 | tee "$out"
-    p=$(count "$out" '.* ([0-9]+) passed.*'); f=$(count "$out" '.* ([0-9]+) failed.*')
-    e=$(count "$out" '.* ([0-9]+) error.*'); s=$(count "$out" '.* ([0-9]+) skipped.*')
+    p=$(tally "$out" passed) f=$(tally "$out" failed) e=$(tally "$out" error) s=$(tally "$out" skipped)
     p=${p:-0} f=${f:-0} e=${e:-0} s=${s:-0}
     if [ $((p + f + e + s)) -eq 0 ]; then f=1; fi # pytest itself failed
     passed=$((passed + p)) failed=$((failed + f + e)) skipped=$((skipped + s))

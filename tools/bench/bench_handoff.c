@@ -4,10 +4,18 @@
  * Two processes, the same path a job takes between stages: the owner allocates a block in its
  * pool, hands it over to the consumer's generation, encodes the job (proto) and sends it over a
  * ZeroMQ ipc:// PUSH socket; the consumer receives, decodes, opens the pool (once, cached),
- * checks the block is its own (pool_data), reads one byte of it, releases it and acks. The
- * figure is the median round trip (reference out, ack back) over many handoffs, so it includes
- * one extra small message; next to it, memcpy of the same bytes in the same run. */
+ * checks the block is its own (pool_data), reads one byte of it, releases it and acks with the
+ * time at which it held the tensor. The handoff figure is that one-way time (both processes
+ * read the same CLOCK_MONOTONIC), from the owner's hand-over to the consumer's first byte;
+ * the round trip with the ack is printed too. Next to them, memcpy of the same bytes in the
+ * same run: what a copying pipeline would pay instead.
+ *
+ * Writing a large tensor evicts the caches, and the handoff after it runs cold (code, socket
+ * buffers, page tables). --cold writes 64 MiB of unrelated memory before every handoff, small
+ * ones and the tensor-less message too, so that every row pays the same cold start and the
+ * rows show what depends on the tensor's size: nothing. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +30,7 @@
 #define OWNER_GEN 1
 #define CONSUMER_GEN 2
 #define ROUNDS 200
+#define EVICT_BYTES (64u << 20)
 
 static int64_t now_ns(void)
 {
@@ -63,8 +72,13 @@ static int consumer(const char *instance, const char *dir)
             break;
         if (proto_decode(buf, (size_t)n, msg, err, sizeof err) != 0 || msg->type != PROTO_MSG_JOB)
             break;
-        if (msg->u.job.n_tensors == 0)
+        if (msg->u.job.n_tensors == 0 && msg->u.job.attempt == 0)
             break; /* the end */
+        if (msg->u.job.n_tensors == 0) { /* a job without a tensor: the messaging alone */
+            int64_t t_seen = now_ns();
+            zmq_send(ack, &t_seen, sizeof t_seen, 0);
+            continue;
+        }
         const proto_tensor_ref_t *ref = &msg->u.job.tensors[0];
         pool_t *p = pool_cache_get(cache, ref->pool, ref->gen, err, sizeof err);
         const uint8_t *data = p ? pool_data(p, ref->offset, ref->bytes, CONSUMER_GEN) : NULL;
@@ -73,8 +87,9 @@ static int consumer(const char *instance, const char *dir)
             return 1;
         }
         sink ^= data[ref->bytes - 1];
+        int64_t t_held = now_ns();
         pool_release(p, ref->offset, CONSUMER_GEN);
-        zmq_send(ack, "a", 1, 0);
+        zmq_send(ack, &t_held, sizeof t_held, 0);
     }
     (void)sink;
     free(msg);
@@ -88,6 +103,7 @@ static int consumer(const char *instance, const char *dir)
 int main(int argc, char **argv)
 {
     static const uint64_t sizes[] = {4096, 1u << 20, 64u << 20, 256u << 20};
+    bool cold = argc > 1 && strcmp(argv[1], "--cold") == 0;
     char dir[] = "/tmp/diffusiond-bench-XXXXXX", instance[32], err[256], ep[512];
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
@@ -112,17 +128,44 @@ int main(int argc, char **argv)
     zmq_connect(out, ep);
     char a;
     zmq_recv(ack, &a, 1, 0);
+    int64_t t_held;
 
-    printf("tensor handoff between two processes (median of %d), memcpy of the same bytes\n",
-           ROUNDS);
-    printf("%10s %16s %14s %10s\n", "bytes", "handoff_us", "memcpy_us", "ratio");
+    printf("tensor handoff between two processes (median of %d), memcpy of the same bytes%s\n",
+           ROUNDS, cold ? "; caches evicted before each handoff" : "");
+    printf("%10s %12s %14s %12s %14s\n", "bytes", "handoff_us", "round_trip_us", "memcpy_us",
+           "handoff/copy");
     proto_msg_t msg = {.type = PROTO_MSG_JOB};
-    int64_t t_hand[ROUNDS], t_copy[ROUNDS];
+    int64_t t_hand[ROUNDS], t_round[ROUNDS], t_copy[ROUNDS];
     uint8_t *copy_dst = malloc(256u << 20);
     if (!copy_dst)
         return 1;
     memset(copy_dst, 0, 256u << 20); /* fault the pages in: time the copy, not the faults */
+    uint8_t *evict = cold ? malloc(EVICT_BYTES) : NULL;
+    if (cold && !evict)
+        return 1;
     int rc = 0;
+    /* First the same job message with no tensor: the part of a handoff that is messaging. */
+    for (int r = 0; r < ROUNDS; r++) {
+        if (cold)
+            memset(evict, r, EVICT_BYTES);
+        memset(&msg.u.job, 0, sizeof msg.u.job);
+        msg.u.job.id = (uint64_t)r;
+        msg.u.job.attempt = 1;
+        msg.u.job.to_gen = CONSUMER_GEN;
+        snprintf(msg.u.job.origin, sizeof msg.u.job.origin, "bench");
+        proto_buf_t buf;
+        int64_t t0 = now_ns();
+        if (proto_encode(&msg, &buf, err, sizeof err) != 0)
+            return 1;
+        zmq_send(out, buf.data, buf.size, 0);
+        proto_buf_free(&buf);
+        if (zmq_recv(ack, &t_held, sizeof t_held, 0) != sizeof t_held)
+            return 1;
+        t_round[r] = now_ns() - t0;
+        t_hand[r] = t_held - t0;
+    }
+    printf("%10s %12.1f %14.1f %12s %14s\n", "no tensor", (double)median(t_hand, ROUNDS) / 1e3,
+           (double)median(t_round, ROUNDS) / 1e3, "-", "-");
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0] && rc == 0; k++) {
         uint64_t bytes = sizes[k];
         int rounds = bytes >= (64u << 20) ? ROUNDS / 4 : ROUNDS;
@@ -135,6 +178,8 @@ int main(int argc, char **argv)
             }
             uint8_t *data = pool_data(pool, off, bytes, OWNER_GEN);
             memset(data, r, bytes); /* a real producer wrote it: the pages are resident */
+            if (cold)
+                memset(evict, r, EVICT_BYTES);
 
             int64_t t0 = now_ns();
             proto_job_t *job = &msg.u.job;
@@ -156,8 +201,13 @@ int main(int argc, char **argv)
             }
             zmq_send(out, buf.data, buf.size, 0);
             proto_buf_free(&buf);
-            zmq_recv(ack, &a, 1, 0);
-            t_hand[r] = now_ns() - t0;
+            if (zmq_recv(ack, &t_held, sizeof t_held, 0) != sizeof t_held) {
+                fprintf(stderr, "bench_handoff: the consumer failed\n");
+                rc = 1;
+                break;
+            }
+            t_round[r] = now_ns() - t0;
+            t_hand[r] = t_held - t0;
 
             t0 = now_ns();
             memcpy(copy_dst, data, bytes);
@@ -167,9 +217,11 @@ int main(int argc, char **argv)
         if (rc)
             break;
         double h = (double)median(t_hand, rounds) / 1e3, c = (double)median(t_copy, rounds) / 1e3;
-        printf("%10llu %16.1f %14.1f %9.3fx\n", (unsigned long long)bytes, h, c, h / c);
+        double rt = (double)median(t_round, rounds) / 1e3;
+        printf("%10llu %12.1f %14.1f %12.1f %13.4fx\n", (unsigned long long)bytes, h, rt, c, h / c);
     }
     msg.u.job.n_tensors = 0;
+    msg.u.job.attempt = 0;
     proto_buf_t end;
     if (proto_encode(&msg, &end, err, sizeof err) == 0) {
         zmq_send(out, end.data, end.size, 0);
@@ -178,6 +230,7 @@ int main(int argc, char **argv)
     int status;
     waitpid(child, &status, 0);
     free(copy_dst);
+    free(evict);
     zmq_close(out);
     zmq_close(ack);
     zmq_ctx_term(ctx);
@@ -187,7 +240,5 @@ int main(int argc, char **argv)
     snprintf(ep, sizeof ep, "%s/ack", dir);
     unlink(ep);
     rmdir(dir);
-    (void)argc;
-    (void)argv;
     return rc;
 }

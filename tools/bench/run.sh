@@ -6,3 +6,5 @@ echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ /
 echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
 "$build/bench/bench_handoff"
+echo
+"$build/bench/bench_handoff" --cold
