@@ -221,6 +221,7 @@ static const proto_field_t job_fields[] = {
     FIELD_UINT(proto_job_t, attempt, "attempt", UINT32_MAX),
     FIELD_UINT(proto_job_t, to_gen, "to_gen", UINT32_MAX),
     FIELD_NAME(proto_job_t, origin, "origin"),
+    FIELD_UINT(proto_job_t, origin_slot, "origin_slot", PROTO_MAX_SLOTS - 1),
     FIELD_LIST(proto_job_t, route, n_route, "route", PROTO_KIND_NAMES, 0, NULL),
     FIELD_LIST(proto_job_t, tensors, n_tensors, "tensors", PROTO_KIND_MAPS, 0, &tensor_table),
     FIELD_INT(proto_job_t, error, "err", INT32_MIN, INT32_MAX, true),

@@ -20,8 +20,8 @@ tally() { # $1: pytest's output; $2: a word of its summary line ("3 passed, 1 fa
   grep -E '^[=]* ?[0-9]+ [a-z]+.* in [0-9.]+s' "$1" | tail -n 1 | grep -Eo "[0-9]+ $2" | cut -d' ' -f1
 }
 
-count() { # $1: file with the output; $2: regex capturing a number
-  sed -nE "s/$2/\1/p" "$1" | tail -n 1
+count() { # $1: file with the output; $2: regex capturing a number; the sum of every match
+  sed -nE "s/$2/\1/p" "$1" | awk '{ n += $1 } END { print n + 0 }'
 }
 
 sanitizer=0

@@ -78,6 +78,7 @@ static int msg_diff(const proto_msg_t *a, const proto_msg_t *b, char *why, size_
         DIFF(x->attempt != y->attempt, "job.attempt");
         DIFF(x->to_gen != y->to_gen, "job.to_gen");
         DIFF(strcmp(x->origin, y->origin) != 0, "job.origin");
+        DIFF(x->origin_slot != y->origin_slot, "job.origin_slot");
         DIFF(x->n_route != y->n_route, "job.n_route");
         DIFF(x->n_route > PROTO_MAX_ROUTE, "job.n_route %u out of bounds", x->n_route);
         for (uint32_t i = 0; i < x->n_route; i++)

@@ -205,3 +205,27 @@ def test_config_check_flag(tmp_path):
     missing = subprocess.run([DIFFUSIOND, "-t", "-c", str(tmp_path / "nope.conf")],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "No such file" in missing.stderr
+
+
+def test_replicas_share_work_and_results_return_to_their_origin(service):
+    """Two sources, two relays: jobs spread over the relays, and each result comes back to the
+    source replica that made it (it would hold the client), never to the other one."""
+    jobs = 12
+    stages = pipeline(f"--jobs {jobs} --bytes 64K --inflight 4", pool="16M")
+    stages[0][2]["replicas"] = 2
+    stages[1][2]["replicas"] = 2
+    svc = service(stages)
+    svc.wait_ready()
+    for r in (0, 1):
+        wait_for(lambda: len([e for e in svc.events("source", "done", r) if e["ok"]]) == jobs, 20,
+                 f"source.{r}'s jobs")
+    for r in (0, 1):
+        sent = {e["id"]: e["seg"] for e in svc.events("source", "sent", r)}
+        done = {e["id"]: e["seg"] for e in svc.events("source", "done", r)}
+        assert sent == done  # its own jobs, in its own segment
+        assert all(seg.startswith(f"/diffusiond.{svc.instance}.{r}.") for seg in sent.values())
+        assert not svc.events("source", "stale", r)
+    relayed = [len(svc.events("relay", "relay", r)) for r in (0, 1)]
+    assert sum(relayed) == 2 * jobs and min(relayed) > 0, relayed
+    assert svc.stop() == 0
+    assert shm_segments(svc.instance) == []

@@ -85,6 +85,7 @@ static int msg_diff(const proto_msg_t *a, const proto_msg_t *b, char *why, size_
         DIFF(x->attempt != y->attempt, "job.attempt");
         DIFF(x->to_gen != y->to_gen, "job.to_gen");
         DIFF(strcmp(x->origin, y->origin) != 0, "job.origin");
+        DIFF(x->origin_slot != y->origin_slot, "job.origin_slot");
         DIFF(x->n_route != y->n_route, "job.n_route");
         for (uint32_t i = 0; i < x->n_route && i < PROTO_MAX_ROUTE; i++)
             DIFF(strcmp(x->route[i], y->route[i]) != 0, "job.route[%u]", i);
@@ -126,6 +127,7 @@ static void fill_job_max(proto_msg_t *m, uint32_t params_len)
     j->attempt = UINT32_MAX - 1;
     j->to_gen = 0xdeadbeefu;
     make_name(j->origin, PROTO_NAME_MAX - 1, 1);
+    j->origin_slot = PROTO_MAX_SLOTS - 1;
     j->n_route = PROTO_MAX_ROUTE;
     for (unsigned i = 0; i < PROTO_MAX_ROUTE; i++)
         make_name(j->route[i], PROTO_NAME_MAX - 1 - i, i + 2);
@@ -607,7 +609,7 @@ static void wr_frame(wr_t *w)
     static const uint32_t keys[] = {
         [PROTO_MSG_HELLO] = 4, [PROTO_MSG_READY] = 2, [PROTO_MSG_HEARTBEAT] = 9,
         [PROTO_MSG_ROSTER] = 2, [PROTO_MSG_DRAIN] = 0, [PROTO_MSG_SHUTDOWN] = 0,
-        [PROTO_MSG_JOB] = 9,
+        [PROTO_MSG_JOB] = 10,
     };
     proto_msg_type_t type = w->c->type;
 
@@ -647,6 +649,7 @@ static void wr_frame(wr_t *w)
         FIELD(w, "", "attempt", msgpack_pack_uint64(&w->pk, 1));
         FIELD(w, "", "to_gen", msgpack_pack_uint64(&w->pk, 3));
         FIELD(w, "", "origin", wr_str(w, "ingress"));
+        FIELD(w, "", "origin_slot", msgpack_pack_uint64(&w->pk, 2));
         FIELD(w, "", "route", {
             msgpack_pack_array(&w->pk, 2);
             wr_str(w, "text_enc");
@@ -727,6 +730,8 @@ static const frame_case_t frame_cases[] = {
     OK("attempt 2^32", PROTO_MSG_JOB, "attempt", MUT_UINT, .u = 1ull << 32,
        .expect = "job.attempt: 4294967296 does not fit in 32 bits"),
     OK("to_gen missing", PROTO_MSG_JOB, "to_gen", MUT_OMIT, .expect = "job: missing key \"to_gen\""),
+    OK("origin_slot missing", PROTO_MSG_JOB, "origin_slot", MUT_OMIT, .expect = "job: missing key \"origin_slot\""),
+    OK("origin_slot 128", PROTO_MSG_JOB, "origin_slot", MUT_UINT, .u = PROTO_MAX_SLOTS, .expect = "job.origin_slot: 128 is above 127"),
     OK("origin 32 bytes", PROTO_MSG_JOB, "origin", MUT_STRN, .n = 32,
        .expect = "job.origin: 32 bytes, longer than 31"),
     OK("origin upper case", PROTO_MSG_JOB, "origin", MUT_STR, .s = "Ingress",
@@ -883,6 +888,7 @@ static void test_frame_valid_values(void **state)
     assert_int_equal(out.u.job.attempt, 1);
     assert_int_equal(out.u.job.to_gen, 3);
     assert_string_equal(out.u.job.origin, "ingress");
+    assert_int_equal(out.u.job.origin_slot, 2);
     assert_int_equal(out.u.job.n_route, 2);
     assert_string_equal(out.u.job.route[0], "text_enc");
     assert_string_equal(out.u.job.route[1], "dit");
