@@ -118,7 +118,7 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefine
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 FUZZ_LIBSRC  := $(LIB_SRCS)
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC) $(wildcard ipc/*.h supervisor/*.h)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC) $(wildcard ipc/*.h supervisor/*.h tests/common/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -UDIFFUSIOND_HAVE_CUDA $< $(FUZZ_LIBSRC) $(filter-out -lcudart,$(LDLIBS)) -o $@
 

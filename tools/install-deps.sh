@@ -14,7 +14,7 @@ packages=(
   libopenblas-dev                                     # CPU GEMM
   libinih-dev                                         # config file parser
   libcmocka-dev                                       # C unit-test framework
-  python3 python3-pytest python3-msgpack python3-zmq  # process tests
+  python3 python3-pytest                              # process tests (pytest)
 )
 
 missing=()
