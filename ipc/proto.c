@@ -188,6 +188,7 @@ static const proto_field_t heartbeat_fields[] = {
     FIELD_UINT(proto_heartbeat_t, busy_us, "busy_us", UINT64_MAX),
     FIELD_UINT(proto_heartbeat_t, pool_used, "pool_used", UINT64_MAX),
     FIELD_UINT(proto_heartbeat_t, pool_capacity, "pool_capacity", UINT64_MAX),
+    FIELD_UINT(proto_heartbeat_t, draining, "draining", 1),
 };
 
 static const proto_field_t roster_entry_fields[] = {
@@ -196,7 +197,7 @@ static const proto_field_t roster_entry_fields[] = {
     FIELD_UINT(proto_roster_entry_t, replica, "replica", UINT32_MAX),
     FIELD_UINT(proto_roster_entry_t, gen, "gen", UINT32_MAX),
     /* The last proto_slot_state_t: a new state must move this bound. */
-    FIELD_UINT(proto_roster_entry_t, state, "state", PROTO_SLOT_DRAINING),
+    FIELD_UINT(proto_roster_entry_t, state, "state", PROTO_SLOT_FAILED),
 };
 static const proto_table_t roster_entry_table = TABLE(proto_roster_entry_t, roster_entry_fields, NULL);
 
@@ -222,6 +223,7 @@ static const proto_field_t job_fields[] = {
     FIELD_UINT(proto_job_t, to_gen, "to_gen", UINT32_MAX),
     FIELD_NAME(proto_job_t, origin, "origin"),
     FIELD_UINT(proto_job_t, origin_slot, "origin_slot", PROTO_MAX_SLOTS - 1),
+    FIELD_UINT(proto_job_t, origin_gen, "origin_gen", UINT32_MAX),
     FIELD_LIST(proto_job_t, route, n_route, "route", PROTO_KIND_NAMES, 0, NULL),
     FIELD_LIST(proto_job_t, tensors, n_tensors, "tensors", PROTO_KIND_MAPS, 0, &tensor_table),
     FIELD_INT(proto_job_t, error, "err", INT32_MIN, INT32_MAX, true),

@@ -88,13 +88,16 @@ typedef struct {
     uint64_t busy_us;        /* time spent in job callbacks */
     uint64_t pool_used;      /* bytes allocated in its pool */
     uint64_t pool_capacity;  /* 0 when it owns no pool */
+    uint8_t draining;        /* 1 once it got DRAIN: inflight then counts toward the drain */
 } proto_heartbeat_t;
 
 typedef enum {
     PROTO_SLOT_DOWN = 0,     /* not running (waiting to restart, failed, or stopped) */
     PROTO_SLOT_STARTING,     /* spawned, not ready yet */
     PROTO_SLOT_UP,           /* ready: send it jobs */
-    PROTO_SLOT_DRAINING,
+    PROTO_SLOT_DRAINING,     /* the service is stopping: finish jobs in flight, start none */
+    PROTO_SLOT_FAILED,       /* down until a reload (bad config, restart budget spent): jobs
+                                for a stage whose replicas all failed fail at once */
 } proto_slot_state_t;
 
 typedef struct {
@@ -122,7 +125,9 @@ typedef struct {
     char origin[PROTO_NAME_MAX];               /* stage that answers the client */
     uint32_t origin_slot;                      /* the replica of origin that holds the client:
                                                   results go back to it, not round-robin
-                                                  (< PROTO_MAX_SLOTS; wire key "origin_slot") */
+                                                  (< PROTO_MAX_SLOTS) */
+    uint32_t origin_gen;                       /* ... and its generation: a restarted origin
+                                                  never gets its predecessor's results */
     uint32_t n_route;
     char route[PROTO_MAX_ROUTE][PROTO_NAME_MAX]; /* steps still ahead, next first */
     uint32_t n_tensors;

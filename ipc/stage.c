@@ -36,7 +36,11 @@ struct stage {
     void *zctx;
     void *control;      /* DEALER to the supervisor's ROUTER */
     void *jobs_in;      /* PULL bound at ipc://<runtime_dir>/<name>.<replica> */
-    void *push[PROTO_MAX_SLOTS]; /* PUSH to each other replica, connected on first use */
+    void *results_in;   /* PULL at ipc://<runtime_dir>/<name>.<replica>.results: results of the
+                           jobs this process started. Always read, even while sends wait for
+                           room, so that an origin can never deadlock its own pipeline. */
+    void *push[PROTO_MAX_SLOTS];         /* PUSH to each replica's jobs, made on first use */
+    void *push_results[PROTO_MAX_SLOTS]; /* PUSH to each replica's results */
     uint32_t rr[CONFIG_MAX_STAGES]; /* round-robin cursor per stage section */
 
     pool_t *pool;       /* this stage's own pool, NULL if pool_size is 0 */
@@ -48,6 +52,7 @@ struct stage {
 
     stage_job_t *pending_head, *pending_tail; /* jobs waiting for a next replica with room */
     uint32_t n_pending;
+    stage_job_t *local_head, *local_tail;     /* our own jobs that failed, for the loop */
 
     bool draining;
     bool running;
@@ -118,6 +123,7 @@ static void stage_send_heartbeat(stage_t *st)
     st->stats.slot = st->slot;
     st->stats.gen = st->gen;
     st->stats.inflight = st->n_pending + (st->ops->inflight ? st->ops->inflight(st, st->state) : 0);
+    st->stats.draining = st->draining;
     if (st->pool) {
         st->stats.pool_used = pool_used(st->pool);
         st->stats.pool_capacity = pool_capacity(st->pool);
@@ -208,6 +214,7 @@ stage_job_t *stage_job_new(stage_t *st, uint64_t id, const char *const *route, u
     job->msg.id = id;
     snprintf(job->msg.origin, sizeof job->msg.origin, "%s", st->name);
     job->msg.origin_slot = st->slot;
+    job->msg.origin_gen = st->gen;
     job->msg.n_route = n_route;
     for (uint32_t i = 0; i < n_route; i++)
         snprintf(job->msg.route[i], sizeof job->msg.route[i], "%s", route[i]);
@@ -231,33 +238,34 @@ static void stage_pending_push(stage_t *st, stage_job_t *job)
     st->n_pending++;
 }
 
-static bool stage_is_config_stage(const stage_t *st, const char *name)
+/* A PUSH socket to a replica's job socket, or (results) to its results socket; made on first
+ * use and kept: ZeroMQ reconnects it when the replica restarts. */
+static void *stage_push_socket(stage_t *st, uint32_t slot, const char *name, uint32_t replica,
+                               bool results)
 {
-    return config_find_stage(&st->config, name) != NULL;
-}
-
-static void *stage_push_socket(stage_t *st, uint32_t slot, const char *name, uint32_t replica)
-{
-    if (st->push[slot])
-        return st->push[slot];
+    void **cache = results ? &st->push_results[slot] : &st->push[slot];
+    if (*cache)
+        return *cache;
     void *s = zmq_socket(st->zctx, ZMQ_PUSH);
     if (!s)
         return NULL;
     const config_stage_t *peer = config_find_stage(&st->config, name);
-    int hwm = peer ? peer->queue_depth : 16, zero = 0, one = 1;
+    /* Results are small and must never wait behind work: their queue is deep. */
+    int hwm = results ? 10000 : peer ? peer->queue_depth : 16, zero = 0, one = 1;
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     /* Queue only on live connections: a message must never wait in a pipe for a replica that
      * died and come out at its successor, which could not use it. */
     zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof one);
     char ep[STAGE_ENDPOINT_MAX];
-    snprintf(ep, sizeof ep, "ipc://%s/%s.%u", st->runtime_dir, name, replica);
+    snprintf(ep, sizeof ep, "ipc://%s/%s.%u%s", st->runtime_dir, name, replica,
+             results ? ".results" : "");
     if (zmq_connect(s, ep) != 0) {
         log_error("cannot connect to %s: %s", ep, zmq_strerror(errno));
         zmq_close(s);
         return NULL;
     }
-    st->push[slot] = s;
+    *cache = s;
     return s;
 }
 
@@ -279,44 +287,71 @@ static int stage_hand_over_all(stage_t *st, proto_job_t *msg, uint32_t from, uin
     return 0;
 }
 
-typedef enum { SEND_OK, SEND_BUSY, SEND_BROKEN } stage_send_result_t;
+typedef enum {
+    SEND_OK,
+    SEND_BUSY,   /* no replica with room now: hold the job and try again */
+    SEND_BROKEN, /* it can never go there: no such stage, every replica failed, the origin
+                    that waits for it is gone, or a tensor was lost */
+} stage_send_result_t;
 
-/* One try at sending job to its next step. SEND_BUSY: no replica up or with room now. */
-static stage_send_result_t stage_try_send(stage_t *st, stage_job_t *job)
+static bool stage_is_result(const proto_job_t *msg)
 {
-    const char *next = job->msg.route[0];
-    int stage_index = -1;
-    for (int i = 0; i < st->config.n_stages; i++)
-        if (strcmp(st->config.stages[i].name, next) == 0)
-            stage_index = i;
-    if (stage_index < 0 || !st->have_roster)
-        return stage_index < 0 ? SEND_BROKEN : SEND_BUSY;
+    return msg->n_route == 1 && strcmp(msg->route[0], msg->origin) == 0;
+}
 
-    /* Candidates: up replicas of the next stage; a result for the origin goes to the replica
-     * that holds the client, no other. */
-    uint32_t cand[PROTO_MAX_SLOTS], n = 0;
-    bool to_origin = job->msg.n_route == 1 && strcmp(next, job->msg.origin) == 0;
+/* Which replicas may take the job now (indices into the roster). */
+static stage_send_result_t stage_candidates(const stage_t *st, const proto_job_t *msg,
+                                            uint32_t *cand, uint32_t *n)
+{
+    const char *next = msg->route[0];
+    *n = 0;
+    if (stage_is_result(msg)) {
+        /* A result goes to the replica that holds the client, that very process: a restarted
+         * one has other jobs under the same ids. */
+        for (uint32_t i = 0; i < st->roster.n; i++) {
+            const proto_roster_entry_t *e = &st->roster.entries[i];
+            if (e->slot != msg->origin_slot)
+                continue;
+            if (e->gen != msg->origin_gen || strcmp(e->stage, next) != 0 ||
+                e->state == PROTO_SLOT_DOWN || e->state == PROTO_SLOT_FAILED)
+                return SEND_BROKEN;
+            cand[(*n)++] = i;
+            return e->state == PROTO_SLOT_STARTING ? SEND_BUSY : SEND_OK;
+        }
+        return SEND_BROKEN;
+    }
+    bool any_alive = false;
     for (uint32_t i = 0; i < st->roster.n; i++) {
         const proto_roster_entry_t *e = &st->roster.entries[i];
+        if (strcmp(e->stage, next) != 0)
+            continue;
+        any_alive |= e->state != PROTO_SLOT_FAILED;
         /* A draining replica still finishes jobs already in the pipeline: only origins stop
          * making new ones. */
-        bool takes_jobs = e->state == PROTO_SLOT_UP || e->state == PROTO_SLOT_DRAINING;
-        if (!takes_jobs || strcmp(e->stage, next) != 0)
-            continue;
-        if (to_origin && e->slot != job->msg.origin_slot)
-            continue;
-        cand[n++] = i;
+        if (e->state == PROTO_SLOT_UP || e->state == PROTO_SLOT_DRAINING)
+            cand[(*n)++] = i;
     }
-    if (to_origin && n == 0) {
-        /* The replica holding the client is gone; its successor cannot answer it. */
-        bool exists = false;
-        for (uint32_t i = 0; i < st->roster.n; i++)
-            if (st->roster.entries[i].slot == job->msg.origin_slot &&
-                st->roster.entries[i].state != PROTO_SLOT_DOWN)
-                exists = true;
-        if (!exists)
-            return SEND_BROKEN;
-    }
+    if (*n)
+        return SEND_OK;
+    return any_alive ? SEND_BUSY : SEND_BROKEN;
+}
+
+/* One try at sending the job to its next step. */
+static stage_send_result_t stage_try_send(stage_t *st, stage_job_t *job)
+{
+    int stage_index = -1;
+    for (int i = 0; i < st->config.n_stages; i++)
+        if (strcmp(st->config.stages[i].name, job->msg.route[0]) == 0)
+            stage_index = i;
+    if (stage_index < 0)
+        return SEND_BROKEN;
+    if (!st->have_roster)
+        return SEND_BUSY;
+    uint32_t cand[PROTO_MAX_SLOTS], n;
+    stage_send_result_t r = stage_candidates(st, &job->msg, cand, &n);
+    if (r != SEND_OK)
+        return r;
+    bool result = stage_is_result(&job->msg);
 
     proto_msg_t out = {.type = PROTO_MSG_JOB};
     out.u.job = job->msg;
@@ -325,7 +360,7 @@ static stage_send_result_t stage_try_send(stage_t *st, stage_job_t *job)
 
     for (uint32_t k = 0; k < n; k++) {
         const proto_roster_entry_t *e = &st->roster.entries[cand[(st->rr[stage_index] + k) % n]];
-        void *sock = stage_push_socket(st, e->slot, e->stage, e->replica);
+        void *sock = stage_push_socket(st, e->slot, e->stage, e->replica, result);
         if (!sock)
             continue;
         out.u.job.to_gen = e->gen;
@@ -341,38 +376,56 @@ static stage_send_result_t stage_try_send(stage_t *st, stage_job_t *job)
     return SEND_BUSY;
 }
 
+static bool stage_is_origin_of(const stage_t *st, const proto_job_t *msg)
+{
+    return msg->origin_slot == st->slot && msg->origin_gen == st->gen &&
+           strcmp(msg->origin, st->name) == 0;
+}
+
 static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const char *msg);
 
-/* Sends now or queues; the job belongs to the skeleton from here. */
-void stage_job_forward(stage_t *st, stage_job_t *job)
+/* A job that can never reach its next step: the origin hears of it (a result or a failure
+ * that cannot reach its origin has nobody left to tell). */
+static void stage_job_broken(stage_t *st, stage_job_t *job)
 {
-    if (job->msg.n_route == 0) {
-        stage_job_finish(st, job);
+    if (job->msg.error == 0 && !stage_is_result(&job->msg) &&
+        config_find_stage(&st->config, job->msg.origin)) {
+        char why[PROTO_ERROR_MAX];
+        snprintf(why, sizeof why, "stage %s cannot take it (down, failed or lost a tensor)",
+                 job->msg.route[0]);
+        stage_fail_to_origin(st, job, 503, why);
         return;
     }
-    if (st->pending_head) { /* keep order behind jobs already waiting */
+    st->stats.jobs_dropped++;
+    log_debug("dropping job %llu: %s %s is gone", (unsigned long long)job->msg.id,
+              stage_is_result(&job->msg) ? "its origin" : "its next step", job->msg.route[0]);
+    stage_job_finish(st, job);
+}
+
+/* Sends now or holds the job until a next replica has room (keeping the order of jobs already
+ * held); the job belongs to the skeleton from here. */
+static void stage_send_or_hold(stage_t *st, stage_job_t *job)
+{
+    if (st->pending_head) {
         stage_pending_push(st, job);
         return;
     }
     switch (stage_try_send(st, job)) {
-    case SEND_OK:
-        stage_job_free(job);
-        break;
-    case SEND_BUSY:
-        stage_pending_push(st, job);
-        break;
-    case SEND_BROKEN:
-        if (job->msg.error == 0 && stage_is_config_stage(st, job->msg.origin))
-            stage_fail_to_origin(st, job, 503, "a block of this job was lost with a stopped stage");
-        else {
-            st->stats.jobs_dropped++;
-            log_warn("dropping job %llu: no way to %s", (unsigned long long)job->msg.id,
-                     job->msg.route[0]);
-            stage_job_finish(st, job);
-        }
-        break;
+    case SEND_OK: stage_job_free(job); break;
+    case SEND_BUSY: stage_pending_push(st, job); break;
+    case SEND_BROKEN: stage_job_broken(st, job); break;
     }
 }
+
+void stage_job_forward(stage_t *st, stage_job_t *job)
+{
+    if (job->msg.n_route == 0)
+        stage_job_finish(st, job);
+    else
+        stage_send_or_hold(st, job);
+}
+
+bool stage_can_send(const stage_t *st) { return st->pending_head == NULL; }
 
 static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const char *msg)
 {
@@ -383,28 +436,20 @@ static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const 
     job->msg.params_len = 0;
     job->msg.n_route = 1;
     snprintf(job->msg.route[0], sizeof job->msg.route[0], "%s", job->msg.origin);
-    if (strcmp(job->msg.origin, st->name) == 0 && job->msg.origin_slot == st->slot) {
-        /* We are the origin: hand the failure to our own job callback. */
+    st->stats.jobs_failed++;
+    if (stage_is_origin_of(st, &job->msg)) {
+        /* Our own job: the loop hands it to our job callback, never from inside a callback
+         * that is still running (tick, or the job callback itself). */
         job->msg.n_route = 0;
-        st->stats.jobs_failed++;
-        stage_job_result_t r = st->ops->job(st, st->state, job);
-        if (r != STAGE_JOB_KEPT)
-            stage_job_finish(st, job);
+        job->next = NULL;
+        if (st->local_tail)
+            st->local_tail->next = job;
+        else
+            st->local_head = job;
+        st->local_tail = job;
         return;
     }
-    st->stats.jobs_failed++;
-    switch (stage_try_send(st, job)) {
-    case SEND_OK:
-        stage_job_free(job);
-        break;
-    case SEND_BUSY:
-        stage_pending_push(st, job);
-        break;
-    case SEND_BROKEN:
-        st->stats.jobs_dropped++;
-        stage_job_finish(st, job);
-        break;
-    }
+    stage_send_or_hold(st, job);
 }
 
 void stage_job_fail(stage_t *st, stage_job_t *job, int code, const char *msg)
@@ -426,27 +471,42 @@ static void stage_flush_pending(stage_t *st)
         job->next = NULL;
         if (r == SEND_OK)
             stage_job_free(job);
-        else {
-            st->stats.jobs_dropped++;
-            log_warn("dropping job %llu: its next step %s is gone", (unsigned long long)job->msg.id,
-                     job->msg.route[0]);
+        else
+            stage_job_broken(st, job); /* may hold it again, at the tail, as a failure */
+    }
+}
+
+/* Our own failed jobs, delivered to the job callback from the loop. */
+static void stage_deliver_local(stage_t *st)
+{
+    while (st->local_head) {
+        stage_job_t *job = st->local_head;
+        st->local_head = job->next;
+        if (!st->local_head)
+            st->local_tail = NULL;
+        job->next = NULL;
+        if (st->ops->job(st, st->state, job) != STAGE_JOB_KEPT)
             stage_job_finish(st, job);
-        }
     }
 }
 
 /* ---- receiving ---------------------------------------------------------------------------- */
 
-static void stage_handle_job(stage_t *st, void *frame, stage_job_t *job)
+static void stage_handle_job(stage_t *st, void *frame, stage_job_t *job, bool result)
 {
     job->frame = frame;
     if (job->msg.to_gen != st->gen) {
         /* Meant for a predecessor of this replica: its blocks went back to their owners when
-         * that process died. Touch nothing. */
+         * that process died, so touch none. A job's origin hears of it at once; a result
+         * belongs to a client the predecessor held, and nobody is left to tell. */
         st->stats.jobs_dropped++;
-        log_debug("dropping job %llu sent to generation %u", (unsigned long long)job->msg.id,
+        log_debug("job %llu was sent to generation %u", (unsigned long long)job->msg.id,
                   job->msg.to_gen);
-        stage_job_free(job);
+        job->msg.n_tensors = 0;
+        if (result)
+            stage_job_free(job);
+        else
+            stage_fail_to_origin(st, job, 503, "sent to a replica that has since restarted");
         return;
     }
     for (uint32_t i = 0; i < job->msg.n_tensors; i++) {
@@ -526,6 +586,15 @@ static void stage_reclaim(stage_t *st)
         log_info("reclaimed %zu block%s held by stopped processes", n, n == 1 ? "" : "s");
 }
 
+static void stage_begin_drain(stage_t *st)
+{
+    if (st->draining)
+        return;
+    log_info("draining");
+    st->draining = true;
+    stage_send_heartbeat(st); /* report inflight now, not at the next beat */
+}
+
 static void stage_handle_roster(stage_t *st, const proto_roster_t *roster)
 {
     if (st->have_roster && roster->seq <= st->roster.seq)
@@ -538,6 +607,8 @@ static void stage_handle_roster(stage_t *st, const proto_roster_t *roster)
             st->max_gen = e->gen;
         if (e->slot != st->slot)
             pool_cache_forget_stale(st->pools, e->slot, e->gen);
+        else if (e->state == PROTO_SLOT_DRAINING)
+            stage_begin_drain(st); /* in case the DRAIN itself came before our HELLO */
     }
     stage_reclaim(st);
 }
@@ -558,10 +629,7 @@ static void stage_handle_control(stage_t *st)
         } else if (msg->type == PROTO_MSG_ROSTER) {
             stage_handle_roster(st, &msg->u.roster);
         } else if (msg->type == PROTO_MSG_DRAIN) {
-            if (!st->draining)
-                log_info("draining");
-            st->draining = true;
-            stage_send_heartbeat(st); /* report inflight now, not at the next beat */
+            stage_begin_drain(st);
         } else if (msg->type == PROTO_MSG_SHUTDOWN) {
             st->running = false;
         } else {
@@ -572,40 +640,53 @@ static void stage_handle_control(stage_t *st)
     }
 }
 
-static void stage_handle_jobs(stage_t *st)
+/* Receives and decodes one job from sock. NULL when there is none; *more says whether to
+ * keep reading (a malformed message is dropped and counted, and reading goes on). */
+static stage_job_t *stage_receive_job(stage_t *st, void *sock, bool *more)
+{
+    size_t size;
+    *more = true;
+    void *frame = stage_recv_frame(sock, &size);
+    if (!frame) {
+        *more = false;
+        return NULL;
+    }
+    stage_job_t *job = calloc(1, sizeof *job);
+    proto_msg_t *msg = malloc(sizeof *msg);
+    char err[256];
+    if (!job || !msg) {
+        log_error("out of memory receiving a job");
+    } else if (proto_decode(frame, size, msg, err, sizeof err) != 0) {
+        log_warn("dropping a message on the job socket: %s", err);
+    } else if (msg->type != PROTO_MSG_JOB) {
+        log_warn("dropping a %s message on the job socket", proto_msg_type_name(msg->type));
+    } else {
+        job->msg = msg->u.job;
+        job->frame = frame;
+        free(msg);
+        return job;
+    }
+    st->stats.jobs_dropped++;
+    free(job);
+    free(msg);
+    free(frame);
+    return NULL;
+}
+
+static void stage_handle_jobs(stage_t *st, void *sock, bool results)
 {
     /* Bounded per turn, in count and in time, so that control messages, heartbeats and the
-     * tick are never starved by a queue of jobs. */
-    for (int i = 0; i < 64 && !st->pending_head && st->running; i++) {
+     * tick are never starved by a queue of jobs. New work waits while sends wait for room
+     * downstream (the backpressure); results never wait. */
+    for (int i = 0; i < 64 && st->running && (results || !st->pending_head); i++) {
         if (i > 0 && stage_now_ms() >= st->next_heartbeat_ms)
             return;
-        size_t size;
-        void *frame = stage_recv_frame(st->jobs_in, &size);
-        if (!frame)
+        bool more;
+        stage_job_t *job = stage_receive_job(st, sock, &more);
+        if (job)
+            stage_handle_job(st, job->frame, job, results);
+        else if (!more)
             return;
-        stage_job_t *job = calloc(1, sizeof *job);
-        proto_msg_t *msg = malloc(sizeof *msg);
-        char err[256];
-        if (!job || !msg) {
-            free(job);
-            free(msg);
-            free(frame);
-            st->stats.jobs_dropped++;
-            log_error("out of memory receiving a job");
-            continue;
-        }
-        if (proto_decode(frame, size, msg, err, sizeof err) != 0 || msg->type != PROTO_MSG_JOB) {
-            log_warn("dropping a message on the job socket: %s",
-                     msg->type != PROTO_MSG_JOB ? "not a job" : err);
-            st->stats.jobs_dropped++;
-            free(job);
-            free(msg);
-            free(frame);
-            continue;
-        }
-        job->msg = msg->u.job;
-        free(msg);
-        stage_handle_job(st, frame, job);
     }
 }
 
@@ -680,36 +761,89 @@ static int stage_open_sockets(stage_t *st)
     return 0;
 }
 
-static int stage_bind_jobs(stage_t *st)
+static void *stage_bind(stage_t *st, const char *suffix, int hwm)
 {
     char ep[STAGE_ENDPOINT_MAX];
-    int zero = 0, hwm = st->section->queue_depth;
-    st->jobs_in = zmq_socket(st->zctx, ZMQ_PULL);
-    if (!st->jobs_in)
-        return -1;
-    zmq_setsockopt(st->jobs_in, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(st->jobs_in, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    snprintf(ep, sizeof ep, "ipc://%s/%s.%u", st->runtime_dir, st->name, st->replica);
-    if (zmq_bind(st->jobs_in, ep) != 0) {
+    int zero = 0;
+    void *sock = zmq_socket(st->zctx, ZMQ_PULL);
+    if (!sock)
+        return NULL;
+    zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    snprintf(ep, sizeof ep, "ipc://%s/%s.%u%s", st->runtime_dir, st->name, st->replica, suffix);
+    if (zmq_bind(sock, ep) != 0) {
         log_error("cannot bind %s: %s", ep, zmq_strerror(errno));
-        return -1;
+        zmq_close(sock);
+        return NULL;
     }
-    return 0;
+    return sock;
 }
 
-static void stage_close(stage_t *st)
+/* On the way out, nothing is dropped in silence: every job this process still holds or has
+ * queued goes back to its origin as a failure, which the origin may retry elsewhere. */
+static void stage_hand_back_all(stage_t *st)
 {
+    if (!st->have_roster)
+        return;
+    stage_job_t *held = st->pending_head;
+    st->pending_head = st->pending_tail = NULL;
+    st->n_pending = 0;
+    bool more = st->jobs_in != NULL;
+    while (more) {
+        stage_job_t *job = stage_receive_job(st, st->jobs_in, &more);
+        if (job) {
+            job->next = held;
+            held = job;
+        }
+    }
+    while (held) {
+        stage_job_t *job = held;
+        held = job->next;
+        job->next = NULL;
+        if (job->msg.error || stage_is_result(&job->msg) || job->msg.to_gen != st->gen) {
+            /* results and failures in transit, or stale messages: nothing to tell anyone */
+            if (job->msg.to_gen != st->gen)
+                job->msg.n_tensors = 0;
+            stage_job_finish(st, job);
+        } else {
+            stage_fail_to_origin(st, job, 503, "the stage that held it stopped");
+        }
+    }
+    /* Failures that found no room wait in pending again: one last try each, then give up. */
+    stage_flush_pending(st);
     while (st->pending_head) {
         stage_job_t *job = st->pending_head;
         st->pending_head = job->next;
         stage_job_finish(st, job);
     }
     st->pending_tail = NULL;
-    for (int i = 0; i < PROTO_MAX_SLOTS; i++)
-        if (st->push[i])
+    while (st->local_head) {
+        stage_job_t *job = st->local_head;
+        st->local_head = job->next;
+        stage_job_finish(st, job);
+    }
+    st->local_tail = NULL;
+}
+
+static void stage_close(stage_t *st)
+{
+    stage_hand_back_all(st);
+    /* Let the failures just sent reach their origins, for a bounded time. */
+    int linger = 500;
+    for (int i = 0; i < PROTO_MAX_SLOTS; i++) {
+        if (st->push[i]) {
+            zmq_setsockopt(st->push[i], ZMQ_LINGER, &linger, sizeof linger);
             zmq_close(st->push[i]);
+        }
+        if (st->push_results[i]) {
+            zmq_setsockopt(st->push_results[i], ZMQ_LINGER, &linger, sizeof linger);
+            zmq_close(st->push_results[i]);
+        }
+    }
     if (st->jobs_in)
         zmq_close(st->jobs_in);
+    if (st->results_in)
+        zmq_close(st->results_in);
     if (st->control)
         zmq_close(st->control);
     if (st->zctx)
@@ -742,14 +876,17 @@ static void stage_loop(stage_t *st)
             next_tick = now + tick_ms;
         }
         stage_flush_pending(st);
+        stage_deliver_local(st);
 
-        zmq_pollitem_t items[3] = {
+        zmq_pollitem_t items[4] = {
             {.socket = st->control, .events = ZMQ_POLLIN},
             {.fd = stage_signal_pipe[0], .events = ZMQ_POLLIN},
+            {.socket = st->results_in, .events = ZMQ_POLLIN},
             {.socket = st->jobs_in, .events = ZMQ_POLLIN},
         };
-        /* While jobs wait for room downstream, take no more: that is the backpressure. */
-        int n_items = st->pending_head ? 2 : 3;
+        /* While jobs wait for room downstream, take no new work: that is the backpressure.
+         * Results still come in: they free the pipeline rather than fill it. */
+        int n_items = st->pending_head ? 3 : 4;
         int64_t wait = st->next_heartbeat_ms - stage_now_ms();
         if (st->ops->tick && next_tick - stage_now_ms() < wait)
             wait = next_tick - stage_now_ms();
@@ -767,8 +904,9 @@ static void stage_loop(stage_t *st)
             (void)r;
         }
         stage_handle_control(st);
-        if (n_items == 3)
-            stage_handle_jobs(st);
+        stage_handle_jobs(st, st->results_in, true);
+        if (n_items == 4)
+            stage_handle_jobs(st, st->jobs_in, false);
     }
 }
 
@@ -844,7 +982,10 @@ int stage_main(int argc, char **argv, const stage_ops_t *ops)
             goto out;
         }
     }
-    if (stage_bind_jobs(st) != 0)
+    /* The results socket's queue is deep: results must never push back on the pipeline. */
+    st->results_in = stage_bind(st, ".results", 10000);
+    st->jobs_in = stage_bind(st, "", st->section->queue_depth);
+    if (!st->results_in || !st->jobs_in)
         goto out;
 
     proto_msg_t ready = {.type = PROTO_MSG_READY};

@@ -84,9 +84,15 @@ pool_t *stage_tensor_pool(stage_t *st, const proto_tensor_ref_t *ref);
 /* A new job that starts here (the origin). route: the steps ahead, origin last if the result
  * should come back. The caller adds tensors with stage_tensor_alloc into job->msg.tensors. */
 stage_job_t *stage_job_new(stage_t *st, uint64_t id, const char *const *route, uint32_t n_route);
-/* Sends a job the stage kept (or made) to the next step; the skeleton owns it afterwards. */
+/* Sends a job the stage kept (or made) to the next step; the skeleton owns it afterwards. A job
+ * that finds every next replica full waits in the skeleton (and the stage reads no new work
+ * meanwhile); one whose next stage has failed for good goes back to its origin as a failure. */
 void stage_job_forward(stage_t *st, stage_job_t *job);
-/* Fails a kept job: the origin gets it back with the error and no tensors. */
+/* False while jobs wait for room downstream: an origin makes no new work then, so that it
+ * never queues more than the pipeline can hold. */
+bool stage_can_send(const stage_t *st);
+/* Fails a kept job: the origin gets it back with the error and no tensors (an origin's own
+ * failures reach its job callback from the loop, never from inside a callback). */
 void stage_job_fail(stage_t *st, stage_job_t *job, int code, const char *msg);
 /* Releases the job's tensors and frees it (the end of a job at its last step). */
 void stage_job_finish(stage_t *st, stage_job_t *job);

@@ -217,7 +217,7 @@ int supervisor_runtime_dir(const config_t *cfg, char *out, size_t outlen, char *
         return -1;
     }
     /* ZeroMQ ipc:// paths must fit a sockaddr_un (108 bytes) with "/<stage>.<replica>". */
-    if (strlen(out) + CONFIG_NAME_MAX + 8 > 107) {
+    if (strlen(out) + CONFIG_NAME_MAX + 16 > 107) { /* "/<stage>.<replica>.results" */
         snprintf(err, errlen, "runtime directory %s: path too long for a unix socket", out);
         return -1;
     }

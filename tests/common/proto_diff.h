@@ -58,6 +58,7 @@ static int msg_diff(const proto_msg_t *a, const proto_msg_t *b, char *why, size_
         DIFF(x->busy_us != y->busy_us, "heartbeat.busy_us");
         DIFF(x->pool_used != y->pool_used, "heartbeat.pool_used");
         DIFF(x->pool_capacity != y->pool_capacity, "heartbeat.pool_capacity");
+        DIFF(x->draining != y->draining, "heartbeat.draining");
         return 0;
     }
     case PROTO_MSG_ROSTER: {
@@ -81,6 +82,7 @@ static int msg_diff(const proto_msg_t *a, const proto_msg_t *b, char *why, size_
         DIFF(x->to_gen != y->to_gen, "job.to_gen");
         DIFF(strcmp(x->origin, y->origin) != 0, "job.origin");
         DIFF(x->origin_slot != y->origin_slot, "job.origin_slot");
+        DIFF(x->origin_gen != y->origin_gen, "job.origin_gen");
         DIFF(x->n_route != y->n_route, "job.n_route");
         DIFF(x->n_route > PROTO_MAX_ROUTE, "job.n_route %u out of bounds", x->n_route);
         for (uint32_t i = 0; i < x->n_route; i++)

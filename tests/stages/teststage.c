@@ -5,6 +5,8 @@
  *           not come back in --retry-ms; counts a job done when the result shows the sink's mark.
  *   relay   checks the pattern where the source wrote it and forwards the same reference.
  *   sink    checks the whole pattern, writes its mark into the tensor, forwards it.
+ * A failed job (its error says which stage could not take it) ends there, or with --retry-ms
+ * is sent again when its time comes.
  * Each role appends one line per event to <runtime_dir>/<role>.<replica>.log with the segment
  * and the offset in it where it saw the bytes, so a test can prove that every stage read the
  * same memory (no copy), and the source's mark check proves the writes were shared too. */
@@ -215,8 +217,8 @@ static uint32_t source_outstanding(const teststage_t *ts)
 static void teststage_tick(stage_t *st, void *state)
 {
     teststage_t *ts = state;
-    if (ts->role != ROLE_SOURCE)
-        return;
+    if (ts->role != ROLE_SOURCE || !stage_can_send(st))
+        return; /* never queue more than the pipeline can take */
     int64_t now = stage_now_ms();
     /* Retries first: the pipeline lost these (a stage died with them). */
     for (uint64_t id = 0; ts->retry_ms > 0 && ts->out && id < ts->n_out; id++) {
@@ -254,9 +256,14 @@ static stage_job_result_t source_result(stage_t *st, teststage_t *ts, stage_job_
     if (job->msg.error) {
         teststage_log(ts, "failed id=%llu attempt=%u code=%d msg=%s", (unsigned long long)id,
                       job->msg.attempt, job->msg.error, job->msg.error_msg);
-        /* Resend at once: the error says the job was lost, not that it was bad. */
-        if (ts->out && id < ts->n_out && !ts->out[id].done)
-            ts->out[id].sent_ms = 0;
+        /* With --retry-ms the job is sent again when its time comes; without, it has ended. */
+        if (!ts->out) {
+            ts->n_done++;
+        } else if (id < ts->n_out && !ts->out[id].done && job->msg.attempt == ts->out[id].attempt &&
+                   ts->retry_ms == 0) {
+            ts->out[id].done = true;
+            ts->n_done++;
+        }
         return STAGE_JOB_FORWARD;
     }
     if (ts->out && (id >= ts->n_out || ts->out[id].done || job->msg.attempt != ts->out[id].attempt)) {

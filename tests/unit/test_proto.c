@@ -40,6 +40,7 @@ static void fill_job_max(proto_msg_t *m, uint32_t params_len)
     j->to_gen = 0xdeadbeefu;
     make_name(j->origin, PROTO_NAME_MAX - 1, 1);
     j->origin_slot = PROTO_MAX_SLOTS - 1;
+    j->origin_gen = UINT32_MAX;
     j->n_route = PROTO_MAX_ROUTE;
     for (unsigned i = 0; i < PROTO_MAX_ROUTE; i++)
         make_name(j->route[i], PROTO_NAME_MAX - 1 - i, i + 2);
@@ -91,7 +92,7 @@ static void fill_roster_max(proto_msg_t *m)
         make_name(r->entries[i].stage, 1 + i % (PROTO_NAME_MAX - 1), i);
         r->entries[i].replica = i * 7 + 1;
         r->entries[i].gen = i == 0 ? 0 : UINT32_MAX - i;
-        r->entries[i].state = (uint8_t)(i % 4);
+        r->entries[i].state = (uint8_t)(i % 5);
     }
 }
 
@@ -151,7 +152,7 @@ static void test_round_trip_heartbeat(void **state)
     m.u.heartbeat = (proto_heartbeat_t){
         .slot = 5, .gen = UINT32_MAX, .jobs_done = UINT64_MAX, .jobs_failed = 1ull << 40,
         .jobs_dropped = 3, .inflight = UINT32_MAX, .busy_us = 1ull << 33, .pool_used = 12345,
-        .pool_capacity = UINT64_MAX - 1,
+        .pool_capacity = UINT64_MAX - 1, .draining = 1,
     };
     assert_round_trip(&m);
 }
@@ -519,9 +520,9 @@ static void wr_slot(wr_t *w, const char *scope, uint32_t slot, const char *stage
 static void wr_frame(wr_t *w)
 {
     static const uint32_t keys[] = {
-        [PROTO_MSG_HELLO] = 4, [PROTO_MSG_READY] = 2, [PROTO_MSG_HEARTBEAT] = 9,
+        [PROTO_MSG_HELLO] = 4, [PROTO_MSG_READY] = 2, [PROTO_MSG_HEARTBEAT] = 10,
         [PROTO_MSG_ROSTER] = 2, [PROTO_MSG_DRAIN] = 0, [PROTO_MSG_SHUTDOWN] = 0,
-        [PROTO_MSG_JOB] = 10,
+        [PROTO_MSG_JOB] = 11,
     };
     proto_msg_type_t type = w->c->type;
 
@@ -546,6 +547,7 @@ static void wr_frame(wr_t *w)
                                             "pool_capacity"};
         for (unsigned k = 0; k < 9; k++)
             FIELD(w, "", stats[k], msgpack_pack_uint64(&w->pk, k + 1));
+        FIELD(w, "", "draining", msgpack_pack_uint64(&w->pk, 1));
         break;
     }
     case PROTO_MSG_ROSTER:
@@ -562,6 +564,7 @@ static void wr_frame(wr_t *w)
         FIELD(w, "", "to_gen", msgpack_pack_uint64(&w->pk, 3));
         FIELD(w, "", "origin", wr_str(w, "ingress"));
         FIELD(w, "", "origin_slot", msgpack_pack_uint64(&w->pk, 2));
+        FIELD(w, "", "origin_gen", msgpack_pack_uint64(&w->pk, 7));
         FIELD(w, "", "route", {
             msgpack_pack_array(&w->pk, 2);
             wr_str(w, "text_enc");
@@ -643,6 +646,8 @@ static const frame_case_t frame_cases[] = {
        .expect = "job.attempt: 4294967296 does not fit in 32 bits"),
     OK("to_gen missing", PROTO_MSG_JOB, "to_gen", MUT_OMIT, .expect = "job: missing key \"to_gen\""),
     OK("origin_slot missing", PROTO_MSG_JOB, "origin_slot", MUT_OMIT, .expect = "job: missing key \"origin_slot\""),
+    OK("origin_gen missing", PROTO_MSG_JOB, "origin_gen", MUT_OMIT, .expect = "job: missing key \"origin_gen\""),
+    OK("heartbeat draining 2", PROTO_MSG_HEARTBEAT, "draining", MUT_UINT, .u = 2, .expect = "heartbeat.draining: 2 is above 1"),
     OK("origin_slot 128", PROTO_MSG_JOB, "origin_slot", MUT_UINT, .u = PROTO_MAX_SLOTS, .expect = "job.origin_slot: 128 is above 127"),
     OK("origin 32 bytes", PROTO_MSG_JOB, "origin", MUT_STRN, .n = 32,
        .expect = "job.origin: 32 bytes, longer than 31"),
@@ -741,8 +746,9 @@ static const frame_case_t frame_cases[] = {
     OK("roster slots map", PROTO_MSG_ROSTER, "slots", MUT_MAP, .expect = "roster.slots: expected an array, got a map"),
     OK("roster 129 slots", PROTO_MSG_ROSTER, "slots", MUT_ARRAY_ELEM, .n = 129,
        .expect = "roster.slots: 129 entries, more than 128"),
-    OK("roster state 4", PROTO_MSG_ROSTER, "slots.state", MUT_UINT, .u = 4,
-       .expect = "roster.slots[0].state: 4 is above 3"),
+    OK("roster state failed", PROTO_MSG_ROSTER, "slots.state", MUT_UINT, .u = PROTO_SLOT_FAILED),
+    OK("roster state 5", PROTO_MSG_ROSTER, "slots.state", MUT_UINT, .u = 5,
+       .expect = "roster.slots[0].state: 5 is above 4"),
     OK("roster slot 128", PROTO_MSG_ROSTER, "slots.slot", MUT_UINT, .u = 128,
        .expect = "roster.slots[0].slot: 128 is above 127"),
     OK("roster slot twice", PROTO_MSG_ROSTER, "slots.slot", MUT_UINT, .u = 1,
@@ -801,6 +807,7 @@ static void test_frame_valid_values(void **state)
     assert_int_equal(out.u.job.to_gen, 3);
     assert_string_equal(out.u.job.origin, "ingress");
     assert_int_equal(out.u.job.origin_slot, 2);
+    assert_int_equal(out.u.job.origin_gen, 7);
     assert_int_equal(out.u.job.n_route, 2);
     assert_string_equal(out.u.job.route[0], "text_enc");
     assert_string_equal(out.u.job.route[1], "dit");
@@ -976,7 +983,7 @@ static void enc_heartbeat_slot(proto_msg_t *m)
     m->u.heartbeat.slot = UINT32_MAX;
 }
 static void enc_roster_n(proto_msg_t *m) { base_roster(m); m->u.roster.n = PROTO_MAX_SLOTS + 1; }
-static void enc_roster_state(proto_msg_t *m) { base_roster(m); m->u.roster.entries[0].state = 4; }
+static void enc_roster_state(proto_msg_t *m) { base_roster(m); m->u.roster.entries[0].state = PROTO_SLOT_FAILED + 1; }
 static void enc_roster_dup(proto_msg_t *m) { base_roster(m); m->u.roster.entries[1].slot = 0; }
 static void enc_roster_stage(proto_msg_t *m) { base_roster(m); strcpy(m->u.roster.entries[1].stage, "x y"); }
 static void enc_job_route_n(proto_msg_t *m) { base_job(m); m->u.job.n_route = PROTO_MAX_ROUTE + 1; }
@@ -1020,7 +1027,7 @@ static const enc_case_t enc_cases[] = {
     {"ready slot", enc_ready_slot, "ready.slot: 1000 is above 127"},
     {"heartbeat slot", enc_heartbeat_slot, "heartbeat.slot: 4294967295 is above 127"},
     {"roster 129", enc_roster_n, "roster.slots: 129 entries, more than 128"},
-    {"roster state", enc_roster_state, "roster.slots[0].state: 4 is above 3"},
+    {"roster state", enc_roster_state, "roster.slots[0].state: 5 is above 4"},
     {"roster slot twice", enc_roster_dup, "roster.slots[1].slot: slot 0 listed twice"},
     {"roster stage", enc_roster_stage, "roster.slots[1].stage: byte 0x20 at 1"},
     {"job route 9", enc_job_route_n, "job.route: 9 entries, more than 8"},
