@@ -85,7 +85,7 @@ static const config_directive_t config_directives[] = {
     SERVER(stop_timeout_ms,        CONFIG_TYPE_DURATION,  "5000", 0, 600000, NULL),
     SERVER(restart_backoff_ms,     CONFIG_TYPE_DURATION,  "100", 1, 600000, NULL),
     SERVER(restart_backoff_max_ms, CONFIG_TYPE_DURATION,  "30000", 1, 3600000, NULL),
-    SERVER(restart_budget,         CONFIG_TYPE_INT,       "10", 0, 1000, NULL),
+    SERVER(restart_budget,         CONFIG_TYPE_INT,       "10", 0, 100, NULL),
     SERVER(restart_window_ms,      CONFIG_TYPE_DURATION,  "300000", 1000, 86400000, NULL),
     SERVER(throttle_ms,            CONFIG_TYPE_DURATION,  "10000", 0, 3600000, NULL),
 

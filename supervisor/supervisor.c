@@ -12,8 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,9 +27,9 @@
 #include "ipc/proto.h"
 #include "supervisor/notify.h"
 
-#define SUP_MAX_ARGS 64
+#define SUP_MAX_ARGS (16 + CONFIG_ARGS_MAX / 2) /* fixed arguments + every word of args */
 #define SUP_IDENTITY_MAX 256
-#define SUP_BUDGET_MAX 64 /* restart times remembered per slot */
+#define SUP_BUDGET_MAX 101 /* restart times remembered per slot: restart_budget is <= 100 */
 
 typedef enum {
     SLOT_IDLE,     /* not started yet, or waiting for its restart time */
@@ -46,6 +49,7 @@ typedef struct {
     uint8_t identity[SUP_IDENTITY_MAX]; /* ROUTER routing id of its control socket */
     size_t identity_len;
     int64_t started_ms, ready_ms, last_heartbeat_ms, next_start_ms;
+    int64_t last_kill_ms;   /* when we last sent it SIGKILL: one kill per timeout */
     int backoff_ms;
     bool restart_now;       /* a reload asked it to stop: respawn at once, no backoff */
     int64_t restart_times[SUP_BUDGET_MAX];
@@ -72,8 +76,9 @@ struct supervisor {
     bool roster_dirty;
 
     void *zctx, *control;
+    int lock_fd;            /* holds the instance name while we run */
     phase_t phase;
-    int64_t phase_deadline_ms, drain_sent_ms;
+    int64_t phase_deadline_ms;
     bool notified_ready;
     uint64_t watchdog_usec;
     int64_t next_watchdog_ms, next_status_ms;
@@ -242,8 +247,8 @@ static int sup_write_snapshot(supervisor_t *sup)
         log_error("cannot write %s", path);
         return -1;
     }
-    if (sup->snapshot[0])
-        unlink(sup->snapshot);
+    /* Earlier copies stay until the service stops: a stage started just before a reload may
+     * not have read its copy yet. */
     snprintf(sup->snapshot, sizeof sup->snapshot, "%s", path);
     sup->n_snapshots++;
     return 0;
@@ -269,6 +274,8 @@ static void sup_send_to(supervisor_t *sup, slot_t *s, const proto_msg_t *msg)
 
 static proto_slot_state_t sup_slot_state(const supervisor_t *sup, const slot_t *s)
 {
+    if (s->run == SLOT_FAILED)
+        return PROTO_SLOT_FAILED;
     if (s->run != SLOT_RUNNING)
         return PROTO_SLOT_DOWN;
     if (!s->ready)
@@ -352,6 +359,10 @@ static void sup_handle_message(supervisor_t *sup, const uint8_t *id, size_t id_l
         s->hello = true;
         s->last_heartbeat_ms = now;
         sup->roster_dirty = true; /* it needs the table too */
+        if (sup->phase == PHASE_DRAINING) { /* started during the drain: it must not make work */
+            proto_msg_t drain = {.type = PROTO_MSG_DRAIN};
+            sup_send_to(sup, s, &drain);
+        }
         break;
     case PROTO_MSG_READY:
         s = sup_slot_for(sup, msg->u.ready.slot, msg->u.ready.gen);
@@ -449,11 +460,30 @@ static void sup_spawn(supervisor_t *sup, slot_t *s)
         argv[argc++] = tok;
     argv[argc] = NULL;
 
+    /* The environment, less what is for the supervisor alone: only it speaks to systemd. */
+    extern char **environ;
+    size_t n_env = 0;
+    while (environ[n_env])
+        n_env++;
+    char **envp = calloc(n_env + 1, sizeof *envp);
+    if (!envp) {
+        log_error("out of memory starting %s.%u", st->name, s->replica);
+        s->next_start_ms = sup_now_ms() + 1000;
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n_env; i++)
+        if (strncmp(environ[i], "NOTIFY_SOCKET=", 14) != 0 &&
+            strncmp(environ[i], "WATCHDOG_USEC=", 14) != 0 &&
+            strncmp(environ[i], "WATCHDOG_PID=", 13) != 0)
+            envp[k++] = environ[i];
+
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         log_error("cannot fork %s.%u: %s", st->name, s->replica, strerror(errno));
         s->next_start_ms = sup_now_ms() + 1000;
+        free(envp);
         return;
     }
     if (pid == 0) {
@@ -465,17 +495,21 @@ static void sup_spawn(supervisor_t *sup, slot_t *s)
         /* Its own process group: a Ctrl-C at the terminal reaches the supervisor alone, which
          * then drains the stages in order instead of having them all stop at once. */
         setpgid(0, 0);
+        /* Only async-signal-safe calls from here: the parent has threads (ZeroMQ's). */
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGPIPE, SIG_DFL);
-        unsetenv("NOTIFY_SOCKET"); /* only the supervisor speaks to systemd */
-        unsetenv("WATCHDOG_USEC");
-        unsetenv("WATCHDOG_PID");
-        execv(prog, argv);
-        fprintf(stderr, "diffusiond: cannot execute %s: %s\n", prog, strerror(errno));
-        _exit(2); /* a program that cannot run is a config problem: do not respawn */
+        execve(prog, argv, envp);
+        int e = errno;
+        static const char msg[] = "diffusiond: a stage program cannot be executed\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        /* A missing or unusable program is a config problem (do not respawn); anything else
+         * (out of memory, a binary being replaced) may pass. */
+        _exit(e == ENOENT || e == EACCES || e == ENOEXEC || e == ENOTDIR ? 2 : 1);
     }
+    free(envp);
     s->pid = pid;
     s->gen = g;
     s->run = SLOT_RUNNING;
@@ -483,6 +517,7 @@ static void sup_spawn(supervisor_t *sup, slot_t *s)
     s->identity_len = 0;
     s->started_ms = sup_now_ms();
     s->ready_ms = 0;
+    s->last_kill_ms = 0;
     s->last_heartbeat_ms = s->started_ms;
     memset(&s->stats, 0, sizeof s->stats);
     sup->roster_dirty = true;
@@ -517,7 +552,7 @@ static void sup_schedule_restart(supervisor_t *sup, slot_t *s, int status)
         if (now - s->restart_times[i] < cs->restart_window_ms)
             s->restart_times[kept++] = s->restart_times[i];
     s->n_restart_times = kept;
-    if (kept >= cs->restart_budget || kept >= SUP_BUDGET_MAX) {
+    if (kept >= cs->restart_budget) {
         log_error("%s.%u died %d times within %d ms: not restarting it until a reload", name,
                   s->replica, kept, cs->restart_window_ms);
         s->run = SLOT_FAILED;
@@ -590,17 +625,21 @@ static void sup_check_health(supervisor_t *sup, int64_t now)
         slot_t *s = &sup->slots[i];
         if (s->run != SLOT_RUNNING || sup->phase == PHASE_STOPPING)
             continue;
-        if (s->ready && now - s->last_heartbeat_ms > cs->heartbeat_timeout_ms) {
+        /* A kill that has not taken yet (the reap is pending, or the process is stuck in the
+         * kernel) is repeated once per timeout, not on every turn. The heartbeat time stays
+         * as it was, so the watchdog keeps seeing a silent stage as silent. */
+        bool may_kill = !s->last_kill_ms || now - s->last_kill_ms > cs->heartbeat_timeout_ms;
+        if (s->ready && now - s->last_heartbeat_ms > cs->heartbeat_timeout_ms && may_kill) {
             log_error("%s.%u (pid %d) sent no heartbeat for %lld ms: killing it",
                       sup_stage_name(sup, s), s->replica, (int)s->pid,
                       (long long)(now - s->last_heartbeat_ms));
             sup_kill(s, SIGKILL);
-            s->last_heartbeat_ms = now; /* one kill per timeout, while we wait for the reap */
-        } else if (!s->ready && now - s->started_ms > cs->ready_timeout_ms) {
+            s->last_kill_ms = now;
+        } else if (!s->ready && now - s->started_ms > cs->ready_timeout_ms && may_kill) {
             log_error("%s.%u (pid %d) not ready after %d ms: killing it", sup_stage_name(sup, s),
                       s->replica, (int)s->pid, cs->ready_timeout_ms);
             sup_kill(s, SIGKILL);
-            s->started_ms = now;
+            s->last_kill_ms = now;
         }
     }
 }
@@ -697,11 +736,10 @@ static void sup_update_systemd(supervisor_t *sup, int64_t now)
         sup_write_status(sup);
         sup->next_status_ms = now + 1000;
     }
-    if (sup->watchdog_usec && now >= sup->next_watchdog_ms) {
-        /* Silence lets systemd restart us when stages stop heartbeating and we could not
-         * mend it ourselves. */
-        if (sup_stages_alive(sup, now))
-            notify_watchdog();
+    /* Silence lets systemd restart us when stages stop heartbeating and we could not mend it
+     * ourselves; a ping goes as soon as they heartbeat again. */
+    if (sup->watchdog_usec && now >= sup->next_watchdog_ms && sup_stages_alive(sup, now)) {
+        notify_watchdog();
         sup->next_watchdog_ms = now + (int64_t)(sup->watchdog_usec / 2000);
     }
 }
@@ -746,15 +784,24 @@ static void sup_reload(supervisor_t *sup)
         free(text);
         goto done;
     }
-    bool model_changed = memcmp(&sup->cfg.model, &next->model, sizeof next->model) != 0;
+    /* Stages read [server] (heartbeats, log level) and [model] too: a change there restarts
+     * every stage, so that no stage runs with settings the supervisor no longer has. */
+    bool all_changed = memcmp(&sup->cfg.model, &next->model, sizeof next->model) != 0 ||
+                       memcmp(&sup->cfg.server, &next->server, sizeof next->server) != 0;
     bool changed[CONFIG_MAX_STAGES];
     for (int i = 0; i < next->n_stages; i++)
-        changed[i] = model_changed || sup_stage_changed(&sup->cfg.stages[i], &next->stages[i]);
-    free(sup->config_text);
+        changed[i] = all_changed || sup_stage_changed(&sup->cfg.stages[i], &next->stages[i]);
+    char *old_text = sup->config_text;
     sup->config_text = text;
+    if (sup_write_snapshot(sup) != 0) {
+        sup->config_text = old_text;
+        free(text);
+        log_error("reload: cannot write the config for the stages; keeping the running config");
+        goto done;
+    }
+    free(old_text);
     sup->cfg = *next;
     log_set_level((log_level_t)sup->cfg.server.log_level);
-    sup_write_snapshot(sup);
     int restarted = 0;
     for (uint32_t i = 0; i < sup->n_slots; i++) {
         slot_t *s = &sup->slots[i];
@@ -776,7 +823,12 @@ done:
     free(next);
     char line[256];
     sup_status_line(sup, line, sizeof line);
-    notify_ready(line); /* READY=1 ends the reload for systemd, whether it took or not */
+    /* READY=1 ends the reload for systemd, whether it took or not; but never before every
+     * stage has been ready once. */
+    if (sup->notified_ready)
+        notify_ready(line);
+    else
+        notify_status(line);
 }
 
 /* ---- the loop ---------------------------------------------------------------------------------- */
@@ -787,19 +839,19 @@ static void sup_begin_drain(supervisor_t *sup, int64_t now)
     notify_stopping();
     sup->phase = PHASE_DRAINING;
     sup->phase_deadline_ms = now + sup->cfg.server.drain_timeout_ms;
-    sup->drain_sent_ms = now;
     sup_broadcast(sup, PROTO_MSG_DRAIN);
     sup->roster_dirty = true;
 }
 
-/* Drained when every running stage has reported, after the DRAIN, that it holds no job. */
+/* Drained when every running stage has reported, in a heartbeat sent after it got the
+ * DRAIN (the heartbeat says so), that it holds no job. */
 static bool sup_drained(const supervisor_t *sup)
 {
     for (uint32_t i = 0; i < sup->n_slots; i++) {
         const slot_t *s = &sup->slots[i];
         if (s->run != SLOT_RUNNING || !s->ready)
             continue;
-        if (s->last_heartbeat_ms < sup->drain_sent_ms || s->stats.inflight > 0)
+        if (!s->stats.draining || s->stats.inflight > 0)
             return false;
     }
     return true;
@@ -864,6 +916,7 @@ supervisor_t *supervisor_new(const char *config_path, const char *exe_dir, const
     supervisor_t *sup = calloc(1, sizeof *sup);
     if (!sup)
         return NULL;
+    sup->lock_fd = -1;
     sup->cfg = *cfg;
     sup->config_text = config_text;
     snprintf(sup->config_path, sizeof sup->config_path, "%s", config_path);
@@ -880,8 +933,35 @@ supervisor_t *supervisor_new(const char *config_path, const char *exe_dir, const
     return sup;
 }
 
+/* One supervisor per instance name on a machine: a second would remove the first one's
+ * segments and take its sockets. The lock is an abstract unix socket named after the
+ * instance: the kernel frees it when we die, however we die, and it leaves no file behind. */
+static int sup_lock_instance(supervisor_t *sup)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int n = snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, "diffusiond.%s",
+                     sup->cfg.server.instance);
+    sup->lock_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sup->lock_fd < 0) {
+        log_error("socket: %s", strerror(errno));
+        return -1;
+    }
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+    if (bind(sup->lock_fd, (struct sockaddr *)&addr, len) != 0) {
+        if (errno == EADDRINUSE)
+            log_error("another diffusiond runs instance '%s' on this machine; give this one "
+                      "another [server] instance", sup->cfg.server.instance);
+        else
+            log_error("cannot lock instance '%s': %s", sup->cfg.server.instance, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int supervisor_run(supervisor_t *sup)
 {
+    if (sup_lock_instance(sup) != 0)
+        return 1;
     /* A crash of an earlier run may have left segments of this instance behind. */
     int stale = pool_unlink_all(sup->cfg.server.instance);
     if (stale > 0)
@@ -963,9 +1043,13 @@ int supervisor_run(supervisor_t *sup)
         snprintf(ep, sizeof ep, "%s/%s.%u", sup->runtime_dir, sup_stage_name(sup, &sup->slots[i]),
                  sup->slots[i].replica);
         unlink(ep);
+        strncat(ep, ".results", sizeof ep - strlen(ep) - 1);
+        unlink(ep);
     }
-    if (sup->snapshot[0])
-        unlink(sup->snapshot);
+    for (unsigned n = 1; n <= sup->n_snapshots; n++) {
+        snprintf(ep, sizeof ep, "%s/config.%u.conf", sup->runtime_dir, n);
+        unlink(ep);
+    }
     snprintf(ep, sizeof ep, "%s/status.json", sup->runtime_dir);
     unlink(ep);
     log_info("stopped");
@@ -981,6 +1065,8 @@ void supervisor_free(supervisor_t **psup)
         zmq_close(sup->control);
     if (sup->zctx)
         zmq_ctx_term(sup->zctx);
+    if (sup->lock_fd >= 0)
+        close(sup->lock_fd);
     free(sup->config_text);
     free(sup);
     *psup = NULL;

@@ -23,7 +23,8 @@ int supervisor_runtime_dir(const config_t *cfg, char *out, size_t outlen, char *
 
 supervisor_t *supervisor_new(const char *config_path, const char *exe_dir, const config_t *cfg,
                              char *config_text, const char *runtime_dir);
-/* Runs until stopped; returns the process exit code (0 after a clean drain). */
+/* Runs until stopped; returns the process exit code: 0 after a stop (also when the drain ran
+ * out of time and jobs were cut short, which is logged), 1 when it could not start. */
 int supervisor_run(supervisor_t *sup);
 void supervisor_free(supervisor_t **sup);
 

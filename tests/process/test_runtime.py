@@ -118,18 +118,28 @@ def test_sighup_with_bad_config_keeps_running(service):
     assert svc.stop() == 0
 
 
-def test_bad_config_exit_is_not_restarted(service):
+def test_bad_config_exit_is_not_restarted_and_its_jobs_fail_fast(service):
     # The sink rejects its arguments and exits 2.
-    svc = service(pipeline("--jobs 0", sink_args="--role nonsense"))
+    svc = service(pipeline("--jobs 5 --bytes 64K", sink_args="--role nonsense"))
     wait_for(lambda: "sink.0 exited with a bad config: not restarting" in svc.log_text(), 10,
              "the bad-config exit")
-    time.sleep(0.5)
-    s = svc.slot("sink")
-    assert s["run"] == "failed" and s["restarts"] == 1
+    wait_for(lambda: (s := svc.slot("sink")) and s["run"] == "failed", 5, "status: failed")
+    assert svc.slot("sink")["restarts"] == 1
     assert "restarting sink" not in svc.log_text()
     assert not svc.notify.has("READY=1")  # not every stage is ready
+    # Jobs for a failed stage come back to their origin as failures instead of waiting.
+    wait_for(lambda: len(svc.events("source", "failed")) == 5, 10, "every job failed back")
+    assert all("stage sink cannot take it" in line
+               for line in svc.stage_log("source") if line.startswith("failed"))
+    # A reload tries the failed stage again; the service, never ready, must not say READY=1.
+    svc.signal(signal.SIGHUP)
+    wait_for(lambda: svc.log_text().count("exited with a bad config") == 2, 10, "the retry")
+    assert svc.notify.has("RELOADING=1") and not svc.notify.has("READY=1")
     assert svc.proc.poll() is None
+    t0 = time.monotonic()
     assert svc.stop() == 0
+    assert "drain timed out" not in svc.log_text()  # nothing was left waiting
+    assert time.monotonic() - t0 < 5 * SLOW
 
 
 def test_stage_dying_before_first_job_is_throttled_and_budgeted(service):
@@ -229,3 +239,60 @@ def test_replicas_share_work_and_results_return_to_their_origin(service):
     assert sum(relayed) == 2 * jobs and min(relayed) > 0, relayed
     assert svc.stop() == 0
     assert shm_segments(svc.instance) == []
+
+
+def test_origin_ahead_of_a_slow_pipeline_does_not_deadlock(service):
+    """Many jobs in flight, short queues and a slow sink: the origin's sends wait for room, and
+    the results it must read to make room still come in."""
+    jobs = 300
+    stages = pipeline(f"--jobs {jobs} --bytes 4K --inflight 200", sink_args="--role sink --delay-ms 1",
+                      pool="64M")
+    stages[1][2]["queue_depth"] = 2
+    stages[2][2]["queue_depth"] = 2
+    svc = service(stages)
+    svc.wait_ready()
+    wait_for(lambda: len(done_ids(svc)) == jobs, 30, "every job done")
+    assert svc.stop() == 0
+
+
+def test_restarted_origin_never_gets_its_predecessors_results(service):
+    svc = service(pipeline("--jobs 40 --bytes 64K --inflight 8",
+                           relay_args="--role relay --delay-ms 30", pool="16M"))
+    svc.wait_ready()
+    wait_for(lambda: len(svc.events("relay", "relay")) >= 4, 10, "jobs in flight")
+    old = svc.slot("source")
+    os.kill(old["pid"], signal.SIGKILL)
+    wait_for(lambda: (s := svc.slot("source")) and s["gen"] != old["gen"] and s["ready"], 10,
+             "a new source")
+    new_gen = svc.slot("source")["gen"]
+    # The new source makes ids 0..39 again: every result it counts must be one of its own.
+    wait_for(lambda: sum(1 for line in svc.stage_log("source") if line.startswith("done"))
+             >= 40 + 0, 20, "the new source's jobs")  # noqa: E501
+    lines = svc.stage_log("source")
+    start = lines.index(f"start gen={new_gen}")
+    sent = set()
+    for line in lines[start:]:
+        kind, fields = line.split()[0], dict(w.split("=", 1) for w in line.split()[1:] if "=" in w)
+        if kind == "sent":
+            sent.add((fields["id"], fields["seg"]))
+        elif kind in ("done", "failed", "stale"):
+            assert kind != "stale", line
+            if kind == "done":
+                assert (fields["id"], fields["seg"]) in sent, f"not this source's job: {line}"
+                assert line.endswith(" ok"), line
+    assert svc.stop() == 0
+    assert shm_segments(svc.instance) == []
+
+
+def test_second_supervisor_for_the_same_instance_is_refused(service):
+    first = service(pipeline("--jobs 0", pool="16M"))
+    first.wait_ready()
+    second = service(pipeline("--jobs 0", pool="16M"), start=False)
+    second.write_config(open(first.config_path).read().replace(first.runtime_dir,
+                                                              second.runtime_dir))
+    second.start()
+    assert second.proc.wait(timeout=10 * SLOW) == 1
+    assert f"another diffusiond runs instance '{first.instance}'" in second.log_text()
+    assert len(shm_segments(first.instance)) == 1  # the first one's pool is untouched
+    assert first.proc.poll() is None
+    assert first.stop() == 0
