@@ -53,6 +53,8 @@ struct stage {
     stage_job_t *pending_head, *pending_tail; /* jobs waiting for a next replica with room */
     uint32_t n_pending;
     stage_job_t *local_head, *local_tail;     /* our own jobs that failed, for the loop */
+    bool pools_stale;   /* the roster changed: close mappings of restarted owners' old pools */
+    uint32_t n_kept;    /* jobs the stage's callbacks kept (STAGE_JOB_KEPT) and still hold */
 
     bool draining;
     bool running;
@@ -223,6 +225,10 @@ stage_job_t *stage_job_new(stage_t *st, uint64_t id, const char *const *route, u
 
 void stage_job_finish(stage_t *st, stage_job_t *job)
 {
+    if (job->kept) {
+        job->kept = false;
+        st->n_kept--;
+    }
     stage_release_tensors(st, job);
     stage_job_free(job);
 }
@@ -417,8 +423,18 @@ static void stage_send_or_hold(stage_t *st, stage_job_t *job)
     }
 }
 
+/* A kept job comes back to the skeleton. */
+static void stage_unkeep(stage_t *st, stage_job_t *job)
+{
+    if (job->kept) {
+        job->kept = false;
+        st->n_kept--;
+    }
+}
+
 void stage_job_forward(stage_t *st, stage_job_t *job)
 {
+    stage_unkeep(st, job);
     if (job->msg.n_route == 0)
         stage_job_finish(st, job);
     else
@@ -454,6 +470,7 @@ static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const 
 
 void stage_job_fail(stage_t *st, stage_job_t *job, int code, const char *msg)
 {
+    stage_unkeep(st, job);
     stage_fail_to_origin(st, job, code, msg);
 }
 
@@ -485,8 +502,12 @@ static void stage_deliver_local(stage_t *st)
         if (!st->local_head)
             st->local_tail = NULL;
         job->next = NULL;
-        if (st->ops->job(st, st->state, job) != STAGE_JOB_KEPT)
+        if (st->ops->job(st, st->state, job) == STAGE_JOB_KEPT) {
+            job->kept = true;
+            st->n_kept++;
+        } else {
             stage_job_finish(st, job);
+        }
     }
 }
 
@@ -528,6 +549,8 @@ static void stage_handle_job(stage_t *st, void *frame, stage_job_t *job, bool re
         stage_job_forward(st, job);
         break;
     case STAGE_JOB_KEPT:
+        job->kept = true;
+        st->n_kept++;
         break;
     case STAGE_JOB_FAILED:
     default:
@@ -605,10 +628,16 @@ static void stage_handle_roster(stage_t *st, const proto_roster_t *roster)
         const proto_roster_entry_t *e = &roster->entries[i];
         if (e->gen > st->max_gen)
             st->max_gen = e->gen;
-        if (e->slot != st->slot)
-            pool_cache_forget_stale(st->pools, e->slot, e->gen);
-        else if (e->state == PROTO_SLOT_DRAINING)
+        if (e->slot == st->slot && e->state == PROTO_SLOT_DRAINING)
             stage_begin_drain(st); /* in case the DRAIN itself came before our HELLO */
+    }
+    st->pools_stale = true;
+    /* Connect to every replica now: ZeroMQ connects in the background, and a first send on a
+     * connection still being made would find no peer (ZMQ_IMMEDIATE) and have to wait. */
+    for (uint32_t i = 0; i < roster->n; i++) {
+        const proto_roster_entry_t *e = &roster->entries[i];
+        stage_push_socket(st, e->slot, e->stage, e->replica, false);
+        stage_push_socket(st, e->slot, e->stage, e->replica, true);
     }
     stage_reclaim(st);
 }
@@ -809,8 +838,12 @@ static void stage_hand_back_all(stage_t *st)
             stage_fail_to_origin(st, job, 503, "the stage that held it stopped");
         }
     }
-    /* Failures that found no room wait in pending again: one last try each, then give up. */
-    stage_flush_pending(st);
+    /* Failures that found no room wait in pending: they get a bounded time to go out. */
+    for (int64_t deadline = stage_now_ms() + 500; st->pending_head && stage_now_ms() < deadline;) {
+        stage_flush_pending(st);
+        if (st->pending_head)
+            usleep(2000);
+    }
     while (st->pending_head) {
         stage_job_t *job = st->pending_head;
         st->pending_head = job->next;
@@ -852,6 +885,20 @@ static void stage_close(stage_t *st)
     pool_close(&st->pool);
 }
 
+/* Unmaps the pools of owners that restarted, but only while this process holds no job: a job
+ * it keeps or holds back may still point into an old pool (its blocks are reclaimed anyway,
+ * but the memory must stay mapped while we look at it). */
+static void stage_forget_stale_pools(stage_t *st)
+{
+    if (!st->pools_stale || st->pending_head || st->local_head || st->n_kept > 0)
+        return;
+    for (uint32_t i = 0; i < st->roster.n; i++)
+        if (st->roster.entries[i].slot != st->slot)
+            pool_cache_forget_stale(st->pools, st->roster.entries[i].slot,
+                                    st->roster.entries[i].gen);
+    st->pools_stale = false;
+}
+
 static void stage_loop(stage_t *st)
 {
     int tick_ms = st->ops->tick_ms > 0 ? st->ops->tick_ms : 100;
@@ -877,6 +924,7 @@ static void stage_loop(stage_t *st)
         }
         stage_flush_pending(st);
         stage_deliver_local(st);
+        stage_forget_stale_pools(st);
 
         zmq_pollitem_t items[4] = {
             {.socket = st->control, .events = ZMQ_POLLIN},

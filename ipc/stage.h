@@ -37,6 +37,7 @@ typedef struct stage_job {
     proto_job_t msg;
     void *frame;               /* owned: the received bytes */
     struct stage_job *next;    /* for the skeleton's and the stage's queues */
+    bool kept;                 /* the skeleton's: a callback kept it (STAGE_JOB_KEPT) */
 } stage_job_t;
 
 typedef enum {
@@ -76,7 +77,8 @@ bool stage_draining(const stage_t *st);
  * *data, or -1 when the pool is full (try again later) or the request is out of bounds. */
 int stage_tensor_alloc(stage_t *st, int dtype, int ndim, const int64_t *shape,
                        proto_tensor_ref_t *ref, void **data);
-/* Address of the job's i-th tensor (checked on arrival). */
+/* Address of the job's i-th tensor (checked on arrival). Valid while this process holds the
+ * job: pools of restarted owners are unmapped only when no job is held or kept. */
 void *stage_tensor_data(stage_t *st, const stage_job_t *job, uint32_t i);
 /* The pool a reference points into (already opened), NULL if it cannot be. */
 pool_t *stage_tensor_pool(stage_t *st, const proto_tensor_ref_t *ref);

@@ -296,3 +296,20 @@ def test_second_supervisor_for_the_same_instance_is_refused(service):
     assert len(shm_segments(first.instance)) == 1  # the first one's pool is untouched
     assert first.proc.poll() is None
     assert first.stop() == 0
+
+
+def test_reload_restarting_a_stage_with_jobs_in_flight_loses_none(service):
+    """The relay restarts for a changed config while it holds jobs: those come back to the
+    source as failures (or are retried), so every job ends done."""
+    jobs = 40
+    svc = service(pipeline(f"--jobs {jobs} --bytes 64K --inflight 8 --retry-ms 2000",
+                           relay_args="--role relay --delay-ms 40", pool="16M"))
+    svc.wait_ready()
+    wait_for(lambda: len(svc.events("relay", "relay")) >= 4, 10, "jobs at the relay")
+    svc.write_config(open(svc.config_path).read().replace("--delay-ms 40", "--delay-ms 5"))
+    svc.signal(signal.SIGHUP)
+    wait_for(lambda: len(done_ids(svc)) == jobs, 30, "every job done")
+    assert any(e for e in svc.events("source", "failed")), "the restart cut no job short"
+    assert "relay.0: stopping on signal 15" in svc.log_text()
+    assert svc.stop() == 0
+    assert shm_segments(svc.instance) == []
