@@ -40,7 +40,7 @@ def test_large_tensor_crosses_three_stages_by_reference(service):
         assert done[i]["ok"]
 
     assert svc.stop() == 0
-    assert svc.notify.has("STOPPING=1")
+    wait_for(lambda: svc.notify.has("STOPPING=1"), 5, "STOPPING=1")
     assert shm_segments(svc.instance) == []
 
 
@@ -81,7 +81,7 @@ def test_sigterm_drains_jobs_in_flight_and_exits_0(service):
     wait_for(lambda: len(svc.events("relay", "relay")) >= 4, 10, "jobs in flight")
     svc.signal(signal.SIGTERM)
     assert svc.proc.wait(timeout=15 * SLOW) == 0
-    assert svc.notify.has("STOPPING=1")
+    wait_for(lambda: svc.notify.has("STOPPING=1"), 5, "STOPPING=1")
     sent = {e["id"] for e in svc.events("source", "sent")}
     done = {e["id"] for e in svc.events("source", "done") if e["ok"]}
     assert sent and sent == done, f"jobs lost in the drain: {sorted(sent - done)}"
@@ -99,7 +99,7 @@ def test_sighup_with_bad_config_keeps_running(service):
     svc.write_config(good.replace("[stage.relay]", "[stage.relay]\nreplicas = many"))
     svc.signal(signal.SIGHUP)
     wait_for(lambda: "keeping the running config" in svc.log_text(), 5, "the reload refused")
-    assert svc.notify.has("RELOADING=1")
+    wait_for(lambda: svc.notify.has("RELOADING=1"), 5, "RELOADING=1")
     assert "replicas" in svc.log_text()  # the message names the key
     time.sleep(0.3)
     assert svc.proc.poll() is None
@@ -134,12 +134,15 @@ def test_bad_config_exit_is_not_restarted_and_its_jobs_fail_fast(service):
     # A reload tries the failed stage again; the service, never ready, must not say READY=1.
     svc.signal(signal.SIGHUP)
     wait_for(lambda: svc.log_text().count("exited with a bad config") == 2, 10, "the retry")
-    assert svc.notify.has("RELOADING=1") and not svc.notify.has("READY=1")
+    wait_for(lambda: svc.notify.has("RELOADING=1"), 5, "RELOADING=1")
+    assert not svc.notify.has("READY=1")
     assert svc.proc.poll() is None
     t0 = time.monotonic()
     assert svc.stop() == 0
     assert "drain timed out" not in svc.log_text()  # nothing was left waiting
     assert time.monotonic() - t0 < 5 * SLOW
+    time.sleep(0.2)  # let the reader thread take whatever came last
+    assert not svc.notify.has("READY=1")
 
 
 def test_stage_dying_before_first_job_is_throttled_and_budgeted(service):
