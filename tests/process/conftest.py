@@ -22,6 +22,7 @@ BUILD = os.environ.get("DIFFUSIOND_BUILD", os.path.join(REPO, "build"))
 DIFFUSIOND = os.path.join(BUILD, "diffusiond")
 # Sanitizer builds run several times slower: waits scale with it.
 SLOW = 3.0 if "asan" in os.path.basename(BUILD.rstrip("/")) else 1.0
+SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:")
 
 
 def wait_for(predicate, timeout, what, step=0.02):
@@ -228,8 +229,14 @@ def service():
         return svc.start() if start else svc
 
     yield start
+    reports = []
     for svc in made:
         svc.cleanup()
+        # Stages log to the supervisor's stderr: a sanitizer build's reports land there.
+        text = svc.log_text() if os.path.exists(svc.log_path) else ""
+        reports += [line for line in text.splitlines() if SANITIZER_REPORT.search(line)]
+    if reports:
+        pytest.fail("sanitizer reports in the service's log:\n" + "\n".join(reports[:20]))
 
 
 def pipeline(source_args, relay_args="--role relay", sink_args="--role sink", pool="256M",
