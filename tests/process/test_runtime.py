@@ -154,7 +154,7 @@ def test_stage_dying_before_first_job_is_throttled_and_budgeted(service):
     assert "restarting sink.0 in 600 ms (throttled: it died before its first job)" in log
     starts = [line for line in log.splitlines() if "sink.0 (pid" in line and "exited with 1" in line]
     assert len(starts) == 4  # the first run and three restarts
-    assert svc.slot("sink")["run"] == "failed"
+    wait_for(lambda: svc.slot("sink")["run"] == "failed", 5, "status: failed")
     assert svc.stop() == 0
 
 
