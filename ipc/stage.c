@@ -20,6 +20,36 @@
 
 #define STAGE_ENDPOINT_MAX 600
 
+/* A FIFO of jobs linked through job->next. */
+typedef struct {
+    stage_job_t *head, *tail;
+    uint32_t n;
+} stage_queue_t;
+
+static void stage_queue_push(stage_queue_t *q, stage_job_t *job)
+{
+    job->next = NULL;
+    if (q->tail)
+        q->tail->next = job;
+    else
+        q->head = job;
+    q->tail = job;
+    q->n++;
+}
+
+static stage_job_t *stage_queue_pop(stage_queue_t *q)
+{
+    stage_job_t *job = q->head;
+    if (job) {
+        q->head = job->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->n--;
+        job->next = NULL;
+    }
+    return job;
+}
+
 struct stage {
     const stage_ops_t *ops;
     void *state;
@@ -50,9 +80,8 @@ struct stage {
     bool have_roster;
     uint32_t max_gen;   /* largest generation the roster has ever named */
 
-    stage_job_t *pending_head, *pending_tail; /* jobs waiting for a next replica with room */
-    uint32_t n_pending;
-    stage_job_t *local_head, *local_tail;     /* our own jobs that failed, for the loop */
+    stage_queue_t pending; /* jobs waiting for a next replica with room, in order */
+    stage_queue_t local;   /* our own jobs that failed, for the loop to hand to our callback */
     bool pools_stale;   /* the roster changed: close mappings of restarted owners' old pools */
     uint32_t n_kept;    /* jobs the stage's callbacks kept (STAGE_JOB_KEPT) and still hold */
 
@@ -124,7 +153,7 @@ static void stage_send_heartbeat(stage_t *st)
     proto_msg_t msg = {.type = PROTO_MSG_HEARTBEAT};
     st->stats.slot = st->slot;
     st->stats.gen = st->gen;
-    st->stats.inflight = st->n_pending + (st->ops->inflight ? st->ops->inflight(st, st->state) : 0);
+    st->stats.inflight = st->pending.n + (st->ops->inflight ? st->ops->inflight(st, st->state) : 0);
     st->stats.draining = st->draining;
     if (st->pool) {
         st->stats.pool_used = pool_used(st->pool);
@@ -231,17 +260,6 @@ void stage_job_finish(stage_t *st, stage_job_t *job)
     }
     stage_release_tensors(st, job);
     stage_job_free(job);
-}
-
-static void stage_pending_push(stage_t *st, stage_job_t *job)
-{
-    job->next = NULL;
-    if (st->pending_tail)
-        st->pending_tail->next = job;
-    else
-        st->pending_head = job;
-    st->pending_tail = job;
-    st->n_pending++;
 }
 
 /* A PUSH socket to a replica's job socket, or (results) to its results socket; made on first
@@ -412,13 +430,13 @@ static void stage_job_broken(stage_t *st, stage_job_t *job)
  * held); the job belongs to the skeleton from here. */
 static void stage_send_or_hold(stage_t *st, stage_job_t *job)
 {
-    if (st->pending_head) {
-        stage_pending_push(st, job);
+    if (st->pending.head) {
+        stage_queue_push(&st->pending, job);
         return;
     }
     switch (stage_try_send(st, job)) {
     case SEND_OK: stage_job_free(job); break;
-    case SEND_BUSY: stage_pending_push(st, job); break;
+    case SEND_BUSY: stage_queue_push(&st->pending, job); break;
     case SEND_BROKEN: stage_job_broken(st, job); break;
     }
 }
@@ -441,7 +459,7 @@ void stage_job_forward(stage_t *st, stage_job_t *job)
         stage_send_or_hold(st, job);
 }
 
-bool stage_can_send(const stage_t *st) { return st->pending_head == NULL; }
+bool stage_can_send(const stage_t *st) { return st->pending.head == NULL; }
 
 static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const char *msg)
 {
@@ -457,12 +475,7 @@ static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const 
         /* Our own job: the loop hands it to our job callback, never from inside a callback
          * that is still running (tick, or the job callback itself). */
         job->msg.n_route = 0;
-        job->next = NULL;
-        if (st->local_tail)
-            st->local_tail->next = job;
-        else
-            st->local_head = job;
-        st->local_tail = job;
+        stage_queue_push(&st->local, job);
         return;
     }
     stage_send_or_hold(st, job);
@@ -476,16 +489,11 @@ void stage_job_fail(stage_t *st, stage_job_t *job, int code, const char *msg)
 
 static void stage_flush_pending(stage_t *st)
 {
-    while (st->pending_head) {
-        stage_job_t *job = st->pending_head;
-        stage_send_result_t r = stage_try_send(st, job);
+    while (st->pending.head) {
+        stage_send_result_t r = stage_try_send(st, st->pending.head);
         if (r == SEND_BUSY)
             return;
-        st->pending_head = job->next;
-        if (!st->pending_head)
-            st->pending_tail = NULL;
-        st->n_pending--;
-        job->next = NULL;
+        stage_job_t *job = stage_queue_pop(&st->pending);
         if (r == SEND_OK)
             stage_job_free(job);
         else
@@ -496,12 +504,8 @@ static void stage_flush_pending(stage_t *st)
 /* Our own failed jobs, delivered to the job callback from the loop. */
 static void stage_deliver_local(stage_t *st)
 {
-    while (st->local_head) {
-        stage_job_t *job = st->local_head;
-        st->local_head = job->next;
-        if (!st->local_head)
-            st->local_tail = NULL;
-        job->next = NULL;
+    stage_job_t *job;
+    while ((job = stage_queue_pop(&st->local)) != NULL) {
         if (st->ops->job(st, st->state, job) == STAGE_JOB_KEPT) {
             job->kept = true;
             st->n_kept++;
@@ -707,7 +711,7 @@ static void stage_handle_jobs(stage_t *st, void *sock, bool results)
     /* Bounded per turn, in count and in time, so that control messages, heartbeats and the
      * tick are never starved by a queue of jobs. New work waits while sends wait for room
      * downstream (the backpressure); results never wait. */
-    for (int i = 0; i < 64 && st->running && (results || !st->pending_head); i++) {
+    for (int i = 0; i < 64 && st->running && (results || !st->pending.head); i++) {
         if (i > 0 && stage_now_ms() >= st->next_heartbeat_ms)
             return;
         bool more;
@@ -814,48 +818,36 @@ static void stage_hand_back_all(stage_t *st)
 {
     if (!st->have_roster)
         return;
-    stage_job_t *held = st->pending_head;
-    st->pending_head = st->pending_tail = NULL;
-    st->n_pending = 0;
+    stage_queue_t held = st->pending;
+    st->pending = (stage_queue_t){0};
+    stage_job_t *job;
     bool more = st->jobs_in != NULL;
     while (more) {
-        stage_job_t *job = stage_receive_job(st, st->jobs_in, &more);
-        if (job) {
-            job->next = held;
-            held = job;
+        if ((job = stage_receive_job(st, st->jobs_in, &more)) == NULL)
+            continue;
+        if (job->msg.to_gen == st->gen) {
+            stage_queue_push(&held, job);
+        } else { /* meant for a predecessor: its blocks are not ours to touch */
+            job->msg.n_tensors = 0;
+            stage_job_finish(st, job);
         }
     }
-    while (held) {
-        stage_job_t *job = held;
-        held = job->next;
-        job->next = NULL;
-        if (job->msg.error || stage_is_result(&job->msg) || job->msg.to_gen != st->gen) {
-            /* results and failures in transit, or stale messages: nothing to tell anyone */
-            if (job->msg.to_gen != st->gen)
-                job->msg.n_tensors = 0;
-            stage_job_finish(st, job);
-        } else {
+    while ((job = stage_queue_pop(&held)) != NULL) {
+        if (job->msg.error || stage_is_result(&job->msg))
+            stage_queue_push(&st->pending, job); /* on its way to an origin already */
+        else
             stage_fail_to_origin(st, job, 503, "the stage that held it stopped");
-        }
     }
     /* Failures that found no room wait in pending: they get a bounded time to go out. */
-    for (int64_t deadline = stage_now_ms() + 500; st->pending_head && stage_now_ms() < deadline;) {
+    for (int64_t deadline = stage_now_ms() + 500; st->pending.head && stage_now_ms() < deadline;) {
         stage_flush_pending(st);
-        if (st->pending_head)
+        if (st->pending.head)
             usleep(2000);
     }
-    while (st->pending_head) {
-        stage_job_t *job = st->pending_head;
-        st->pending_head = job->next;
+    while ((job = stage_queue_pop(&st->pending)) != NULL)
         stage_job_finish(st, job);
-    }
-    st->pending_tail = NULL;
-    while (st->local_head) {
-        stage_job_t *job = st->local_head;
-        st->local_head = job->next;
+    while ((job = stage_queue_pop(&st->local)) != NULL)
         stage_job_finish(st, job);
-    }
-    st->local_tail = NULL;
 }
 
 static void stage_close(stage_t *st)
@@ -890,7 +882,7 @@ static void stage_close(stage_t *st)
  * but the memory must stay mapped while we look at it). */
 static void stage_forget_stale_pools(stage_t *st)
 {
-    if (!st->pools_stale || st->pending_head || st->local_head || st->n_kept > 0)
+    if (!st->pools_stale || st->pending.head || st->local.head || st->n_kept > 0)
         return;
     for (uint32_t i = 0; i < st->roster.n; i++)
         if (st->roster.entries[i].slot != st->slot)
@@ -934,11 +926,11 @@ static void stage_loop(stage_t *st)
         };
         /* While jobs wait for room downstream, take no new work: that is the backpressure.
          * Results still come in: they free the pipeline rather than fill it. */
-        int n_items = st->pending_head ? 3 : 4;
+        int n_items = st->pending.head ? 3 : 4;
         int64_t wait = st->next_heartbeat_ms - stage_now_ms();
         if (st->ops->tick && next_tick - stage_now_ms() < wait)
             wait = next_tick - stage_now_ms();
-        if (st->pending_head && wait > 5)
+        if (st->pending.head && wait > 5)
             wait = 5;
         if (wait < 0)
             wait = 0;
