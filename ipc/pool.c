@@ -643,6 +643,8 @@ typedef struct {
     uint32_t slot;
     uint32_t gen;
     pool_t *pool;
+    uint32_t holds;  /* jobs of this process that point into the pool */
+    bool stale;      /* its owner restarted or stopped: close it once holds is 0 */
 } pool_cache_entry_t;
 
 struct pool_cache {
@@ -697,14 +699,44 @@ pool_t *pool_cache_get(pool_cache_t *c, uint32_t slot, uint32_t gen, char *err, 
     return p;
 }
 
+static void cache_close(pool_cache_t *c, size_t i)
+{
+    pool_close(&c->entries[i].pool);
+    c->entries[i] = c->entries[--c->n];
+}
+
 void pool_cache_forget_stale(pool_cache_t *c, uint32_t slot, uint32_t gen)
 {
     for (size_t i = 0; i < c->n;) {
-        if (c->entries[i].slot == slot && c->entries[i].gen != gen) {
-            pool_close(&c->entries[i].pool);
-            c->entries[i] = c->entries[--c->n];
-        } else {
-            i++;
+        pool_cache_entry_t *e = &c->entries[i];
+        if (e->slot == slot && e->gen != gen) {
+            e->stale = true;
+            if (e->holds == 0) {
+                cache_close(c, i);
+                continue;
+            }
+        }
+        i++;
+    }
+}
+
+void pool_cache_hold(pool_cache_t *c, uint32_t slot, uint32_t gen)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (c->entries[i].slot == slot && c->entries[i].gen == gen) {
+            c->entries[i].holds++;
+            return;
+        }
+}
+
+void pool_cache_unhold(pool_cache_t *c, uint32_t slot, uint32_t gen)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        pool_cache_entry_t *e = &c->entries[i];
+        if (e->slot == slot && e->gen == gen && e->holds > 0) {
+            if (--e->holds == 0 && e->stale)
+                cache_close(c, i);
+            return;
         }
     }
 }

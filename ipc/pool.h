@@ -93,8 +93,13 @@ pool_cache_t *pool_cache_new(const char *instance);
 void pool_cache_free(pool_cache_t **cache);
 /* The opened pool, opening it on first use. NULL with err if it cannot be opened. */
 pool_t *pool_cache_get(pool_cache_t *cache, uint32_t slot, uint32_t gen, char *err, size_t errlen);
-/* Closes cached pools of slot whose generation is not gen (a restarted owner). */
+/* Closes cached pools of slot whose generation is not gen (a restarted owner; gen 0: the owner
+ * is gone), at once or, for a pool that jobs still point into, when the last hold goes. */
 void pool_cache_forget_stale(pool_cache_t *cache, uint32_t slot, uint32_t gen);
+/* A job of this process points into the cached pool (slot, gen) / no longer does: a pool is
+ * never unmapped under a job that holds a pointer into it. */
+void pool_cache_hold(pool_cache_t *cache, uint32_t slot, uint32_t gen);
+void pool_cache_unhold(pool_cache_t *cache, uint32_t slot, uint32_t gen);
 
 /* Segment layout. Shared by the processes of one build (the version changes with it); exposed
  * so that tests, tools and fuzz targets can build and corrupt segments. Everything else goes

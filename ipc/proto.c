@@ -197,7 +197,7 @@ static const proto_field_t roster_entry_fields[] = {
     FIELD_UINT(proto_roster_entry_t, replica, "replica", UINT32_MAX),
     FIELD_UINT(proto_roster_entry_t, gen, "gen", UINT32_MAX),
     /* The last proto_slot_state_t: a new state must move this bound. */
-    FIELD_UINT(proto_roster_entry_t, state, "state", PROTO_SLOT_FAILED),
+    FIELD_UINT(proto_roster_entry_t, state, "state", PROTO_SLOT_RETIRING),
 };
 static const proto_table_t roster_entry_table = TABLE(proto_roster_entry_t, roster_entry_fields, NULL);
 

@@ -92,12 +92,16 @@ typedef struct {
 } proto_heartbeat_t;
 
 typedef enum {
-    PROTO_SLOT_DOWN = 0,     /* not running (waiting to restart, failed, or stopped) */
+    PROTO_SLOT_DOWN = 0,     /* not running, to be started again (waiting for its backoff) */
     PROTO_SLOT_STARTING,     /* spawned, not ready yet */
     PROTO_SLOT_UP,           /* ready: send it jobs */
     PROTO_SLOT_DRAINING,     /* the service is stopping: finish jobs in flight, start none */
-    PROTO_SLOT_FAILED,       /* down until a reload (bad config, restart budget spent): jobs
-                                for a stage whose replicas all failed fail at once */
+    PROTO_SLOT_FAILED,       /* not running and not coming back soon (bad config, restart
+                                budget spent, or the service is stopping): jobs for a stage
+                                whose replicas all failed fail at once */
+    PROTO_SLOT_RETIRING,     /* running, about to be replaced (a reload changed its config):
+                                it finishes what it has and takes no new jobs, but results
+                                for jobs it started still go to it */
 } proto_slot_state_t;
 
 typedef struct {

@@ -82,8 +82,9 @@ struct stage {
 
     stage_queue_t pending; /* jobs waiting for a next replica with room, in order */
     stage_queue_t local;   /* our own jobs that failed, for the loop to hand to our callback */
-    bool pools_stale;   /* the roster changed: close mappings of restarted owners' old pools */
     uint32_t n_kept;    /* jobs the stage's callbacks kept (STAGE_JOB_KEPT) and still hold */
+    bool retiring;      /* the roster says we are to be replaced: finish up and exit */
+    int64_t last_job_ms;
 
     bool draining;
     bool running;
@@ -214,9 +215,24 @@ void *stage_tensor_data(stage_t *st, const stage_job_t *job, uint32_t i)
     return p ? pool_data(p, ref->offset, ref->bytes, st->gen) : NULL;
 }
 
+/* The job no longer points into other stages' pools (it was sent on, or its tensors were
+ * released): those pools may be unmapped now if their owners restarted. */
+static void stage_job_unhold(stage_t *st, stage_job_t *job)
+{
+    if (!job->holds)
+        return;
+    job->holds = false;
+    for (uint32_t i = 0; i < job->msg.n_tensors; i++) {
+        const proto_tensor_ref_t *ref = &job->msg.tensors[i];
+        if (!(st->pool && ref->pool == st->slot && ref->gen == st->gen))
+            pool_cache_unhold(st->pools, ref->pool, ref->gen);
+    }
+}
+
 /* Releases every tensor of the job that this process holds. */
 static void stage_release_tensors(stage_t *st, stage_job_t *job)
 {
+    stage_job_unhold(st, job);
     for (uint32_t i = 0; i < job->msg.n_tensors; i++) {
         pool_t *p = stage_tensor_pool(st, &job->msg.tensors[i]);
         if (p)
@@ -227,9 +243,11 @@ static void stage_release_tensors(stage_t *st, stage_job_t *job)
 
 /* ---- jobs --------------------------------------------------------------------------------- */
 
-static void stage_job_free(stage_job_t *job)
+/* Frees the job itself; its tensors have been sent on or released. */
+static void stage_job_free(stage_t *st, stage_job_t *job)
 {
     if (job) {
+        stage_job_unhold(st, job);
         free(job->frame);
         free(job);
     }
@@ -259,7 +277,7 @@ void stage_job_finish(stage_t *st, stage_job_t *job)
         st->n_kept--;
     }
     stage_release_tensors(st, job);
-    stage_job_free(job);
+    stage_job_free(st, job);
 }
 
 /* A PUSH socket to a replica's job socket, or (results) to its results socket; made on first
@@ -340,7 +358,7 @@ static stage_send_result_t stage_candidates(const stage_t *st, const proto_job_t
                 e->state == PROTO_SLOT_DOWN || e->state == PROTO_SLOT_FAILED)
                 return SEND_BROKEN;
             cand[(*n)++] = i;
-            return e->state == PROTO_SLOT_STARTING ? SEND_BUSY : SEND_OK;
+            return e->state == PROTO_SLOT_STARTING ? SEND_BUSY : SEND_OK; /* retiring: still ok */
         }
         return SEND_BROKEN;
     }
@@ -349,7 +367,7 @@ static stage_send_result_t stage_candidates(const stage_t *st, const proto_job_t
         const proto_roster_entry_t *e = &st->roster.entries[i];
         if (strcmp(e->stage, next) != 0)
             continue;
-        any_alive |= e->state != PROTO_SLOT_FAILED;
+        any_alive |= e->state != PROTO_SLOT_FAILED; /* down, starting or retiring: it comes back */
         /* A draining replica still finishes jobs already in the pipeline: only origins stop
          * making new ones. */
         if (e->state == PROTO_SLOT_UP || e->state == PROTO_SLOT_DRAINING)
@@ -391,7 +409,8 @@ static stage_send_result_t stage_try_send(stage_t *st, stage_job_t *job)
         if (stage_hand_over_all(st, &out.u.job, st->gen, e->gen) != 0)
             return SEND_BROKEN;
         if (stage_send_msg(sock, &out, ZMQ_DONTWAIT) == 0) {
-            st->rr[stage_index] = (st->rr[stage_index] + k + 1) % n;
+            if (!result) /* a result has one candidate: leave the work cursor alone */
+                st->rr[stage_index] = (st->rr[stage_index] + k + 1) % n;
             return SEND_OK;
         }
         /* Full or gone: take the blocks back and try the next replica. */
@@ -435,7 +454,7 @@ static void stage_send_or_hold(stage_t *st, stage_job_t *job)
         return;
     }
     switch (stage_try_send(st, job)) {
-    case SEND_OK: stage_job_free(job); break;
+    case SEND_OK: stage_job_free(st, job); break;
     case SEND_BUSY: stage_queue_push(&st->pending, job); break;
     case SEND_BROKEN: stage_job_broken(st, job); break;
     }
@@ -495,7 +514,7 @@ static void stage_flush_pending(stage_t *st)
             return;
         stage_job_t *job = stage_queue_pop(&st->pending);
         if (r == SEND_OK)
-            stage_job_free(job);
+            stage_job_free(st, job);
         else
             stage_job_broken(st, job); /* may hold it again, at the tail, as a failure */
     }
@@ -504,8 +523,12 @@ static void stage_flush_pending(stage_t *st)
 /* Our own failed jobs, delivered to the job callback from the loop. */
 static void stage_deliver_local(stage_t *st)
 {
+    /* Only what is queued now: a callback that fails again (a retry into a failed stage)
+     * queues for the next turn, so the loop keeps turning. */
+    stage_queue_t now = st->local;
+    st->local = (stage_queue_t){0};
     stage_job_t *job;
-    while ((job = stage_queue_pop(&st->local)) != NULL) {
+    while ((job = stage_queue_pop(&now)) != NULL) {
         if (st->ops->job(st, st->state, job) == STAGE_JOB_KEPT) {
             job->kept = true;
             st->n_kept++;
@@ -529,7 +552,7 @@ static void stage_handle_job(stage_t *st, void *frame, stage_job_t *job, bool re
                   job->msg.to_gen);
         job->msg.n_tensors = 0;
         if (result)
-            stage_job_free(job);
+            stage_job_free(st, job);
         else
             stage_fail_to_origin(st, job, 503, "sent to a replica that has since restarted");
         return;
@@ -544,6 +567,12 @@ static void stage_handle_job(stage_t *st, void *frame, stage_job_t *job, bool re
             return;
         }
     }
+    for (uint32_t i = 0; i < job->msg.n_tensors; i++) {
+        const proto_tensor_ref_t *ref = &job->msg.tensors[i];
+        if (!(st->pool && ref->pool == st->slot && ref->gen == st->gen))
+            pool_cache_hold(st->pools, ref->pool, ref->gen);
+    }
+    job->holds = true;
     int64_t t0 = stage_now_us();
     stage_job_result_t r = st->ops->job(st, st->state, job);
     st->stats.busy_us += (uint64_t)(stage_now_us() - t0);
@@ -593,13 +622,20 @@ static void *stage_recv_frame(void *sock, size_t *size)
     return buf;
 }
 
+/* A process in this state exists (down and failed slots have none). */
+static bool stage_state_alive(uint8_t state)
+{
+    return state == PROTO_SLOT_STARTING || state == PROTO_SLOT_UP ||
+           state == PROTO_SLOT_DRAINING || state == PROTO_SLOT_RETIRING;
+}
+
 static bool stage_gen_is_dead(uint32_t holder, void *ctx)
 {
     const stage_t *st = ctx;
     if (holder == st->gen || holder > st->max_gen)
         return false; /* ourselves, or a process spawned after the roster we know */
     for (uint32_t i = 0; i < st->roster.n; i++)
-        if (st->roster.entries[i].gen == holder && st->roster.entries[i].state != PROTO_SLOT_DOWN)
+        if (st->roster.entries[i].gen == holder && stage_state_alive(st->roster.entries[i].state))
             return false;
     return true;
 }
@@ -632,10 +668,19 @@ static void stage_handle_roster(stage_t *st, const proto_roster_t *roster)
         const proto_roster_entry_t *e = &roster->entries[i];
         if (e->gen > st->max_gen)
             st->max_gen = e->gen;
-        if (e->slot == st->slot && e->state == PROTO_SLOT_DRAINING)
-            stage_begin_drain(st); /* in case the DRAIN itself came before our HELLO */
+        if (e->slot == st->slot) {
+            if (e->state == PROTO_SLOT_DRAINING)
+                stage_begin_drain(st); /* in case the DRAIN itself came before our HELLO */
+            if (e->state == PROTO_SLOT_RETIRING && !st->retiring) {
+                log_info("retiring: finishing held jobs before a restart");
+                st->retiring = true;
+                stage_begin_drain(st);
+            }
+        } else {
+            /* Pools of owners that restarted or stopped close once no job points into them. */
+            pool_cache_forget_stale(st->pools, e->slot, stage_state_alive(e->state) ? e->gen : 0);
+        }
     }
-    st->pools_stale = true;
     /* Connect to every replica now: ZeroMQ connects in the background, and a first send on a
      * connection still being made would find no peer (ZMQ_IMMEDIATE) and have to wait. */
     for (uint32_t i = 0; i < roster->n; i++) {
@@ -716,8 +761,10 @@ static void stage_handle_jobs(stage_t *st, void *sock, bool results)
             return;
         bool more;
         stage_job_t *job = stage_receive_job(st, sock, &more);
-        if (job)
+        if (job) {
+            st->last_job_ms = stage_now_ms();
             stage_handle_job(st, job->frame, job, results);
+        }
         else if (!more)
             return;
     }
@@ -816,21 +863,23 @@ static void *stage_bind(stage_t *st, const char *suffix, int hwm)
  * queued goes back to its origin as a failure, which the origin may retry elsewhere. */
 static void stage_hand_back_all(stage_t *st)
 {
-    if (!st->have_roster)
+    stage_job_t *job;
+    if (!st->have_roster) { /* nowhere to send anything */
+        while ((job = stage_queue_pop(&st->pending)) != NULL)
+            stage_job_finish(st, job);
+        while ((job = stage_queue_pop(&st->local)) != NULL)
+            stage_job_finish(st, job);
         return;
+    }
     stage_queue_t held = st->pending;
     st->pending = (stage_queue_t){0};
-    stage_job_t *job;
     bool more = st->jobs_in != NULL;
     while (more) {
         if ((job = stage_receive_job(st, st->jobs_in, &more)) == NULL)
             continue;
-        if (job->msg.to_gen == st->gen) {
-            stage_queue_push(&held, job);
-        } else { /* meant for a predecessor: its blocks are not ours to touch */
+        if (job->msg.to_gen != st->gen) /* meant for a predecessor: its blocks are not ours */
             job->msg.n_tensors = 0;
-            stage_job_finish(st, job);
-        }
+        stage_queue_push(&held, job);
     }
     while ((job = stage_queue_pop(&held)) != NULL) {
         if (job->msg.error || stage_is_result(&job->msg))
@@ -877,18 +926,16 @@ static void stage_close(stage_t *st)
     pool_close(&st->pool);
 }
 
-/* Unmaps the pools of owners that restarted, but only while this process holds no job: a job
- * it keeps or holds back may still point into an old pool (its blocks are reclaimed anyway,
- * but the memory must stay mapped while we look at it). */
-static void stage_forget_stale_pools(stage_t *st)
+/* A retiring stage exits once it holds nothing and no new job has come for a while (senders
+ * stop sending when the roster says retiring; what they sent before still arrives). */
+static bool stage_retired(stage_t *st)
 {
-    if (!st->pools_stale || st->pending.head || st->local.head || st->n_kept > 0)
-        return;
-    for (uint32_t i = 0; i < st->roster.n; i++)
-        if (st->roster.entries[i].slot != st->slot)
-            pool_cache_forget_stale(st->pools, st->roster.entries[i].slot,
-                                    st->roster.entries[i].gen);
-    st->pools_stale = false;
+    if (!st->retiring || st->pending.head || st->local.head || st->n_kept > 0)
+        return false;
+    if (st->ops->inflight && st->ops->inflight(st, st->state) > 0)
+        return false;
+    int64_t quiet = 2 * (int64_t)st->config.server.heartbeat_ms;
+    return stage_now_ms() - st->last_job_ms > (quiet > 200 ? quiet : 200);
 }
 
 static void stage_loop(stage_t *st)
@@ -904,6 +951,8 @@ static void stage_loop(stage_t *st)
             log_warn("the supervisor is gone: exiting");
             break;
         }
+        /* Control first: a DRAIN that came with our READY must stop the very first tick. */
+        stage_handle_control(st);
         int64_t now = stage_now_ms();
         if (now >= st->next_heartbeat_ms) {
             stage_reclaim(st); /* also catches blocks handed to a process after it died */
@@ -916,7 +965,10 @@ static void stage_loop(stage_t *st)
         }
         stage_flush_pending(st);
         stage_deliver_local(st);
-        stage_forget_stale_pools(st);
+        if (stage_retired(st)) {
+            log_info("retired");
+            break;
+        }
 
         zmq_pollitem_t items[4] = {
             {.socket = st->control, .events = ZMQ_POLLIN},
@@ -1039,6 +1091,10 @@ int stage_main(int argc, char **argv, const stage_ops_t *ops)
     exit_code = STAGE_EXIT_OK;
     if (ops->fini)
         ops->fini(st, st->state);
+    if (st->n_kept > 0)
+        log_error("fini left %u kept job%s: their origins are not told (their blocks return "
+                  "to their owners when this process is gone)", st->n_kept,
+                  st->n_kept == 1 ? "" : "s");
 out:
     stage_close(st);
     return exit_code;

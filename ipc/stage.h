@@ -38,6 +38,7 @@ typedef struct stage_job {
     void *frame;               /* owned: the received bytes */
     struct stage_job *next;    /* for the skeleton's and the stage's queues */
     bool kept;                 /* the skeleton's: a callback kept it (STAGE_JOB_KEPT) */
+    bool holds;                /* the skeleton's: its tensors' pools are held open for it */
 } stage_job_t;
 
 typedef enum {
@@ -56,6 +57,8 @@ typedef struct {
     void (*tick)(stage_t *st, void *state);
     /* Jobs this stage holds (kept or outstanding), reported in heartbeats; drain waits for 0. */
     uint32_t (*inflight)(stage_t *st, void *state);
+    /* Called once on the way out. It must forward, fail or finish every job it kept; the
+     * skeleton then hands what it holds back to the origins. */
     void (*fini)(stage_t *st, void *state);
     int tick_ms;               /* 0: 100 */
 } stage_ops_t;

@@ -62,7 +62,9 @@ int main(int argc, char **argv)
     char *text = NULL, err[CONFIG_ERROR_MAX];
     if (supervisor_load_config(config_path, dir, &cfg, &text, err, sizeof err) != 0) {
         log_error("%s", err);
-        return 1;
+        /* -t answers yes or no; a service started with a bad config exits with the "bad
+         * config" code, which systemd is told not to restart (RestartPreventExitStatus=2). */
+        return check_only ? 1 : 2;
     }
     if (check_only) {
         printf("%s: ok (%d stages)\n", config_path, cfg.n_stages);

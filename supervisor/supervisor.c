@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -52,6 +53,8 @@ typedef struct {
     int64_t last_kill_ms;   /* when we last sent it SIGKILL: one kill per timeout */
     int backoff_ms;
     bool restart_now;       /* a reload asked it to stop: respawn at once, no backoff */
+    bool retiring;          /* ... and it is finishing its jobs first (RETIRING in the roster) */
+    int64_t retire_deadline_ms; /* SIGTERM if it has not exited by then */
     int64_t restart_times[SUP_BUDGET_MAX];
     int n_restart_times;
     unsigned restarts;
@@ -77,6 +80,7 @@ struct supervisor {
 
     void *zctx, *control;
     int lock_fd;            /* holds the instance name while we run */
+    int dir_lock_fd;        /* holds <runtime_dir>/lock while we run */
     phase_t phase;
     int64_t phase_deadline_ms;
     bool notified_ready;
@@ -274,13 +278,17 @@ static void sup_send_to(supervisor_t *sup, slot_t *s, const proto_msg_t *msg)
 
 static proto_slot_state_t sup_slot_state(const supervisor_t *sup, const slot_t *s)
 {
-    if (s->run == SLOT_FAILED)
+    /* Once the service stops, nothing that is down comes back: jobs for it fail at once
+     * instead of waiting out the drain. */
+    if (s->run == SLOT_FAILED || (s->run != SLOT_RUNNING && sup->phase >= PHASE_DRAINING))
         return PROTO_SLOT_FAILED;
     if (s->run != SLOT_RUNNING)
         return PROTO_SLOT_DOWN;
     if (!s->ready)
         return PROTO_SLOT_STARTING;
-    return sup->phase == PHASE_DRAINING ? PROTO_SLOT_DRAINING : PROTO_SLOT_UP;
+    if (sup->phase >= PHASE_DRAINING)
+        return PROTO_SLOT_DRAINING;
+    return s->retiring ? PROTO_SLOT_RETIRING : PROTO_SLOT_UP;
 }
 
 static void sup_fill_roster(supervisor_t *sup, proto_roster_t *r)
@@ -600,6 +608,8 @@ static void sup_reap(supervisor_t *sup)
                     name, s->replica, (int)pid, WTERMSIG(status));
         s->pid = 0;
         s->hello = s->ready = false;
+        s->retiring = false;
+        s->retiring = false;
         s->run = SLOT_IDLE;
         s->restarts += sup->phase < PHASE_DRAINING && !s->restart_now;
         /* Its pool's name goes now; consumers that still map it keep the memory until they
@@ -625,6 +635,12 @@ static void sup_check_health(supervisor_t *sup, int64_t now)
         slot_t *s = &sup->slots[i];
         if (s->run != SLOT_RUNNING || sup->phase == PHASE_STOPPING)
             continue;
+        if (s->retiring && now >= s->retire_deadline_ms) {
+            log_warn("%s.%u still busy %d ms after it was asked to retire: stopping it",
+                     sup_stage_name(sup, s), s->replica, cs->drain_timeout_ms);
+            sup_kill(s, SIGTERM); /* it hands back what it holds as failures */
+            s->retire_deadline_ms = now + cs->stop_timeout_ms;
+        }
         /* A kill that has not taken yet (the reap is pending, or the process is stuck in the
          * kernel) is repeated once per timeout, not on every turn. The heartbeat time stays
          * as it was, so the watchdog keeps seeing a silent stage as silent. */
@@ -811,9 +827,13 @@ static void sup_reload(supervisor_t *sup)
             s->n_restart_times = 0;
             s->backoff_ms = 0;
             restarted++;
-        } else if (changed[s->stage] && s->run == SLOT_RUNNING) {
+        } else if (changed[s->stage] && s->run == SLOT_RUNNING && !s->retiring) {
+            /* RETIRING in the roster: senders stop sending it work, it finishes what it has
+             * and exits, and we start its successor at once. */
             s->restart_now = true;
-            sup_kill(s, SIGTERM);
+            s->retiring = true;
+            s->retire_deadline_ms = sup_now_ms() + sup->cfg.server.drain_timeout_ms;
+            sup->roster_dirty = true;
             restarted++;
         }
     }
@@ -917,6 +937,7 @@ supervisor_t *supervisor_new(const char *config_path, const char *exe_dir, const
     if (!sup)
         return NULL;
     sup->lock_fd = -1;
+    sup->dir_lock_fd = -1;
     sup->cfg = *cfg;
     sup->config_text = config_text;
     snprintf(sup->config_path, sizeof sup->config_path, "%s", config_path);
@@ -958,9 +979,28 @@ static int sup_lock_instance(supervisor_t *sup)
     return 0;
 }
 
+/* Sockets live in the runtime folder: two supervisors must not share one either, even with
+ * different instance names. */
+static int sup_lock_runtime_dir(supervisor_t *sup)
+{
+    char path[CONFIG_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/lock", sup->runtime_dir);
+    sup->dir_lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (sup->dir_lock_fd < 0) {
+        log_error("cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(sup->dir_lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        log_error("another diffusiond uses the runtime directory %s; give this one another "
+                  "[server] runtime_dir", sup->runtime_dir);
+        return -1;
+    }
+    return 0;
+}
+
 int supervisor_run(supervisor_t *sup)
 {
-    if (sup_lock_instance(sup) != 0)
+    if (sup_lock_instance(sup) != 0 || sup_lock_runtime_dir(sup) != 0)
         return 1;
     /* A crash of an earlier run may have left segments of this instance behind. */
     int stale = pool_unlink_all(sup->cfg.server.instance);
@@ -1067,6 +1107,8 @@ void supervisor_free(supervisor_t **psup)
         zmq_ctx_term(sup->zctx);
     if (sup->lock_fd >= 0)
         close(sup->lock_fd);
+    if (sup->dir_lock_fd >= 0)
+        close(sup->dir_lock_fd);
     free(sup->config_text);
     free(sup);
     *psup = NULL;

@@ -302,17 +302,72 @@ def test_second_supervisor_for_the_same_instance_is_refused(service):
 
 
 def test_reload_restarting_a_stage_with_jobs_in_flight_loses_none(service):
-    """The relay restarts for a changed config while it holds jobs: those come back to the
-    source as failures (or are retried), so every job ends done."""
-    jobs = 40
-    svc = service(pipeline(f"--jobs {jobs} --bytes 64K --inflight 8 --retry-ms 2000",
-                           relay_args="--role relay --delay-ms 40", pool="16M"))
+    """A reload changes the relay's config while many jobs are in flight: the relay retires
+    (senders stop sending it work, it finishes what it has), its successor takes over, and
+    every job ends done with no retry and no failure."""
+    jobs = 200
+    svc = service(pipeline(f"--jobs {jobs} --bytes 16K --inflight 32",
+                           relay_args="--role relay --delay-ms 5", pool="16M"))
     svc.wait_ready()
-    wait_for(lambda: len(svc.events("relay", "relay")) >= 4, 10, "jobs at the relay")
-    svc.write_config(open(svc.config_path).read().replace("--delay-ms 40", "--delay-ms 5"))
+    wait_for(lambda: len(svc.events("relay", "relay")) >= 20, 10, "jobs at the relay")
+    old = svc.slot("relay")
+    svc.write_config(open(svc.config_path).read().replace("--delay-ms 5", "--delay-ms 4"))
     svc.signal(signal.SIGHUP)
     wait_for(lambda: len(done_ids(svc)) == jobs, 30, "every job done")
-    assert any(e for e in svc.events("source", "failed")), "the restart cut no job short"
-    assert "relay.0: stopping on signal 15" in svc.log_text()
+    assert not svc.events("source", "failed")
+    new = svc.slot("relay")
+    assert new["gen"] != old["gen"] and new["restarts"] == 0
+    log = svc.log_text()
+    assert "relay.0: retiring" in log and "relay.0: retired" in log
     assert svc.stop() == 0
     assert shm_segments(svc.instance) == []
+
+
+def test_blocks_of_a_stage_that_failed_for_good_are_reclaimed(service):
+    svc = service(pipeline("--jobs 100000 --bytes 1M --inflight 8 --retry-ms 300",
+                           relay_args="--role relay --delay-ms 50", pool="32M"),
+                  restart_budget=1)
+    svc.wait_ready()
+    killed = set()
+    for _ in range(2):  # the second death spends the budget
+        n = len(svc.events("relay", "relay"))
+        wait_for(lambda: len(svc.events("relay", "relay")) >= n + 3, 10, "the relay at work")
+        pid = svc.slot("relay")["pid"]
+        assert pid not in killed
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+        wait_for(lambda: svc.slot("relay")["pid"] != pid, 5, "the death seen")
+    wait_for(lambda: svc.slot("relay")["run"] == "failed", 10, "the relay failed for good")
+    # It died holding blocks of the source's pool: the source reclaims them although the
+    # failed slot keeps the dead process's generation, and its jobs now fail back at once.
+    wait_for(lambda: svc.events("source", "failed"), 5, "jobs failing back")
+    wait_for(lambda: svc.slot("source")["pool_used"] == 0, 5, "the source's pool empty")
+    assert "source.0: reclaimed" in svc.log_text()
+    assert svc.stop() == 0
+
+
+def test_drain_does_not_wait_for_a_stage_that_is_down(service):
+    svc = service(pipeline("--jobs 0 --interval-ms 20 --bytes 64K", pool="16M"),
+                  restart_backoff_ms=20000, restart_backoff_max_ms=20000)
+    svc.wait_ready()
+    wait_for(lambda: len(done_ids(svc)) >= 2, 10, "jobs done")
+    os.kill(svc.slot("sink")["pid"], signal.SIGKILL)
+    wait_for(lambda: "restarting sink.0 in 20000 ms" in svc.log_text(), 5, "the sink down")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    assert svc.stop() == 0
+    assert time.monotonic() - t0 < 4 * SLOW
+    assert "drain timed out" not in svc.log_text()
+
+
+def test_second_supervisor_in_the_same_runtime_dir_is_refused(service):
+    first = service(pipeline("--jobs 0", pool="16M"))
+    first.wait_ready()
+    second = service(pipeline("--jobs 0", pool="16M"), start=False)
+    second.write_config(open(second.config_path).read().replace(second.runtime_dir,
+                                                                first.runtime_dir))
+    second.start()
+    assert second.proc.wait(timeout=10 * SLOW) == 1
+    assert f"another diffusiond uses the runtime directory {first.runtime_dir}" in second.log_text()
+    assert first.proc.poll() is None and first.slot("source")["ready"]
+    assert first.stop() == 0

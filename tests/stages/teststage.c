@@ -220,10 +220,15 @@ static void teststage_tick(stage_t *st, void *state)
     if (ts->role != ROLE_SOURCE || !stage_can_send(st))
         return; /* never queue more than the pipeline can take */
     int64_t now = stage_now_ms();
-    /* Retries first: the pipeline lost these (a stage died with them). */
+    /* Retries first: the pipeline lost these (a stage died with them). While the service
+     * drains, a lost job is given up instead (a client would get an error). */
     for (uint64_t id = 0; ts->retry_ms > 0 && ts->out && id < ts->n_out; id++) {
         outstanding_t *o = &ts->out[id];
-        if (!o->done && now - o->sent_ms >= ts->retry_ms) {
+        if (!o->done && now - o->sent_ms >= ts->retry_ms && stage_draining(st)) {
+            o->done = true;
+            ts->n_done++;
+            teststage_log(ts, "gave-up id=%llu attempt=%u", (unsigned long long)id, o->attempt);
+        } else if (!o->done && now - o->sent_ms >= ts->retry_ms) {
             if (source_send(st, ts, id, o->attempt + 1) == 0) {
                 o->attempt++;
                 o->sent_ms = now;
@@ -256,11 +261,12 @@ static stage_job_result_t source_result(stage_t *st, teststage_t *ts, stage_job_
     if (job->msg.error) {
         teststage_log(ts, "failed id=%llu attempt=%u code=%d msg=%s", (unsigned long long)id,
                       job->msg.attempt, job->msg.error, job->msg.error_msg);
-        /* With --retry-ms the job is sent again when its time comes; without, it has ended. */
+        /* With --retry-ms the job is sent again when its time comes; without, or once the
+         * service drains, it has ended. */
         if (!ts->out) {
             ts->n_done++;
         } else if (id < ts->n_out && !ts->out[id].done && job->msg.attempt == ts->out[id].attempt &&
-                   ts->retry_ms == 0) {
+                   (ts->retry_ms == 0 || stage_draining(st))) {
             ts->out[id].done = true;
             ts->n_done++;
         }

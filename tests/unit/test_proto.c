@@ -92,7 +92,7 @@ static void fill_roster_max(proto_msg_t *m)
         make_name(r->entries[i].stage, 1 + i % (PROTO_NAME_MAX - 1), i);
         r->entries[i].replica = i * 7 + 1;
         r->entries[i].gen = i == 0 ? 0 : UINT32_MAX - i;
-        r->entries[i].state = (uint8_t)(i % 5);
+        r->entries[i].state = (uint8_t)(i % 6);
     }
 }
 
@@ -747,8 +747,9 @@ static const frame_case_t frame_cases[] = {
     OK("roster 129 slots", PROTO_MSG_ROSTER, "slots", MUT_ARRAY_ELEM, .n = 129,
        .expect = "roster.slots: 129 entries, more than 128"),
     OK("roster state failed", PROTO_MSG_ROSTER, "slots.state", MUT_UINT, .u = PROTO_SLOT_FAILED),
-    OK("roster state 5", PROTO_MSG_ROSTER, "slots.state", MUT_UINT, .u = 5,
-       .expect = "roster.slots[0].state: 5 is above 4"),
+    OK("roster state retiring", PROTO_MSG_ROSTER, "slots.state", MUT_UINT, .u = PROTO_SLOT_RETIRING),
+    OK("roster state 6", PROTO_MSG_ROSTER, "slots.state", MUT_UINT, .u = 6,
+       .expect = "roster.slots[0].state: 6 is above 5"),
     OK("roster slot 128", PROTO_MSG_ROSTER, "slots.slot", MUT_UINT, .u = 128,
        .expect = "roster.slots[0].slot: 128 is above 127"),
     OK("roster slot twice", PROTO_MSG_ROSTER, "slots.slot", MUT_UINT, .u = 1,
@@ -983,7 +984,7 @@ static void enc_heartbeat_slot(proto_msg_t *m)
     m->u.heartbeat.slot = UINT32_MAX;
 }
 static void enc_roster_n(proto_msg_t *m) { base_roster(m); m->u.roster.n = PROTO_MAX_SLOTS + 1; }
-static void enc_roster_state(proto_msg_t *m) { base_roster(m); m->u.roster.entries[0].state = PROTO_SLOT_FAILED + 1; }
+static void enc_roster_state(proto_msg_t *m) { base_roster(m); m->u.roster.entries[0].state = PROTO_SLOT_RETIRING + 1; }
 static void enc_roster_dup(proto_msg_t *m) { base_roster(m); m->u.roster.entries[1].slot = 0; }
 static void enc_roster_stage(proto_msg_t *m) { base_roster(m); strcpy(m->u.roster.entries[1].stage, "x y"); }
 static void enc_job_route_n(proto_msg_t *m) { base_job(m); m->u.job.n_route = PROTO_MAX_ROUTE + 1; }
@@ -1027,7 +1028,7 @@ static const enc_case_t enc_cases[] = {
     {"ready slot", enc_ready_slot, "ready.slot: 1000 is above 127"},
     {"heartbeat slot", enc_heartbeat_slot, "heartbeat.slot: 4294967295 is above 127"},
     {"roster 129", enc_roster_n, "roster.slots: 129 entries, more than 128"},
-    {"roster state", enc_roster_state, "roster.slots[0].state: 5 is above 4"},
+    {"roster state", enc_roster_state, "roster.slots[0].state: 6 is above 5"},
     {"roster slot twice", enc_roster_dup, "roster.slots[1].slot: slot 0 listed twice"},
     {"roster stage", enc_roster_stage, "roster.slots[1].stage: byte 0x20 at 1"},
     {"job route 9", enc_job_route_n, "job.route: 9 entries, more than 8"},
