@@ -347,7 +347,9 @@ def test_blocks_of_a_stage_that_failed_for_good_are_reclaimed(service):
 
 
 def test_drain_does_not_wait_for_a_stage_that_is_down(service):
-    svc = service(pipeline("--jobs 0 --interval-ms 20 --bytes 64K", pool="16M"),
+    # A job lost inside the killed sink can only end by the source's own timeout (500 ms);
+    # jobs held for the sink elsewhere must fail back at once.
+    svc = service(pipeline("--jobs 100000 --inflight 4 --retry-ms 500 --bytes 64K", pool="16M"),
                   restart_backoff_ms=20000, restart_backoff_max_ms=20000)
     svc.wait_ready()
     wait_for(lambda: len(done_ids(svc)) >= 2, 10, "jobs done")
