@@ -7,7 +7,7 @@ CC      ?= cc
 PYTHON  ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 CONFIG  ?= conf/diffusiond.conf
 
-PKGS    := libzmq msgpack inih libsystemd
+PKGS    := libzmq msgpack inih libsystemd openblas jansson
 # Sanitizer and debug builds are the same sources with other flags, in their own folder.
 MODE    ?= release
 ifeq ($(MODE),asan)
@@ -20,9 +20,9 @@ else
 endif
 
 CFLAGS  ?=
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter $(OPTFLAGS) \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -fopenmp $(OPTFLAGS) \
            -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lrt
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -fopenmp -lm -lpthread -lrt
 LDFLAGS += $(LDSAN)
 
 # CUDA: built where the toolkit is installed (nvcc on PATH or under /usr/local/cuda), skipped
@@ -40,7 +40,7 @@ else
   CUDA_NOTE := without CUDA: no nvcc on PATH or under /usr/local/cuda; GPU pools are disabled
 endif
 
-LIB_SRCS   := $(wildcard ipc/*.c) supervisor/config.c
+LIB_SRCS   := $(wildcard ipc/*.c) supervisor/config.c $(wildcard nn/*.c)
 SUP_SRCS   := $(filter-out supervisor/config.c,$(wildcard supervisor/*.c))
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 TSTAGE_SRCS:= $(wildcard tests/stages/*.c)
@@ -118,9 +118,9 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefine
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 FUZZ_LIBSRC  := $(LIB_SRCS)
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC) $(wildcard ipc/*.h supervisor/*.h tests/common/*.h)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC) $(wildcard ipc/*.h supervisor/*.h nn/*.h tests/common/*.h)
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -UDIFFUSIOND_HAVE_CUDA $< $(FUZZ_LIBSRC) $(filter-out -lcudart,$(LDLIBS)) -o $@
+	clang $(FUZZ_CFLAGS) -UDIFFUSIOND_HAVE_CUDA $< $(FUZZ_LIBSRC) $(filter-out -lcudart -fopenmp,$(LDLIBS)) -o $@
 
 fuzz-build: $(FUZZ_BINS)
 

@@ -13,6 +13,7 @@ packages=(
   libsystemd-dev                                      # sd_notify
   libopenblas-dev                                     # CPU GEMM
   libinih-dev                                         # config file parser
+  libjansson-dev                                      # JSON (model configs, safetensors headers)
   libcmocka-dev                                       # C unit-test framework
   python3 python3-pytest                              # process tests (pytest)
 )

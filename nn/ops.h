@@ -1,0 +1,127 @@
+/* ops: the operations the models are made of, behind one small backend table.
+ *
+ * Every op works on f32 arrays that live on the context's device (host memory for the CPU
+ * backend), row-major with the last dimension contiguous. The CPU backend (ops_cpu.c: OpenBLAS
+ * for GEMM, OpenMP threads for the rest) is the reference that every other backend is tested
+ * against. A backend may leave an entry NULL; nn_supports() says which it has.
+ *
+ * Determinism: for a given backend and thread count every op gives the same bits on every
+ * run, and a row's result never depends on which other rows are in the same call except
+ * where noted (nn_linear: see there). */
+#ifndef DIFFUSIOND_NN_OPS_H
+#define DIFFUSIOND_NN_OPS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef enum {
+    NN_OP_LINEAR,
+    NN_OP_LAYERNORM,
+    NN_OP_RMSNORM,
+    NN_OP_MODULATE,
+    NN_OP_GATED_ADD,
+    NN_OP_GELU_TANH,
+    NN_OP_SILU,
+    NN_OP_ROPE,
+    NN_OP_ATTENTION,
+    NN_OP_TIMESTEP_EMBEDDING,
+    NN_OP_COUNT
+} nn_op_t;
+
+typedef struct nn_ctx nn_ctx_t;
+
+/* The table a backend fills. Arguments as in the nn_* wrappers below. */
+typedef struct {
+    const char *name;
+    void (*linear)(nn_ctx_t *ctx, const float *x, int64_t m, int64_t k, const float *w,
+                   const float *b, float *y, int64_t n);
+    void (*layernorm)(nn_ctx_t *ctx, const float *x, int64_t rows, int64_t dim, float eps,
+                      float *y);
+    void (*rmsnorm)(nn_ctx_t *ctx, const float *x, int64_t rows, int64_t dim,
+                    const float *weight, float eps, float *y);
+    void (*modulate)(nn_ctx_t *ctx, const float *x, int64_t rows, int64_t dim,
+                     const float *shift, const float *scale, float *y);
+    void (*gated_add)(nn_ctx_t *ctx, float *x, int64_t rows, int64_t dim, const float *gate,
+                      const float *y);
+    void (*gelu_tanh)(nn_ctx_t *ctx, float *x, int64_t n);
+    void (*silu)(nn_ctx_t *ctx, float *x, int64_t n);
+    void (*rope)(nn_ctx_t *ctx, float *x, int64_t tokens, int64_t heads, int64_t head_dim,
+                 const float *cos, const float *sin);
+    void (*attention)(nn_ctx_t *ctx, const float *q, int64_t q_len, const float *k,
+                      const float *v, int64_t kv_len, int64_t heads, int64_t head_dim,
+                      const float *key_mask, float scale, float *out);
+    void (*timestep_embedding)(nn_ctx_t *ctx, const float *t, int64_t n, int64_t dim,
+                               float scale, float *out);
+} nn_backend_t;
+
+struct nn_ctx {
+    const nn_backend_t *backend;
+    int threads;      /* compute threads; the CPU backend also sets OpenBLAS's */
+    void *impl;       /* the backend's own state */
+};
+
+/* A CPU context with `threads` threads (0: every core). */
+int nn_ctx_init_cpu(nn_ctx_t *ctx, int threads);
+void nn_ctx_free(nn_ctx_t *ctx);
+bool nn_supports(const nn_ctx_t *ctx, nn_op_t op);
+const nn_backend_t *nn_backend_cpu(void);
+
+/* y[m,n] = x[m,k] . w[n,k]^T + b[n] (torch.nn.Linear's layout; b may be NULL). The GEMM may
+ * block rows differently for different m: callers that need a row's bits to be the same
+ * whatever else is in the batch call it per sample with the same m. */
+static inline void nn_linear(nn_ctx_t *c, const float *x, int64_t m, int64_t k, const float *w,
+                             const float *b, float *y, int64_t n)
+{ c->backend->linear(c, x, m, k, w, b, y, n); }
+
+/* LayerNorm over the last dim without affine parameters: (x - mean) / sqrt(var + eps), var
+ * biased. y may be x. */
+static inline void nn_layernorm(nn_ctx_t *c, const float *x, int64_t rows, int64_t dim,
+                                float eps, float *y)
+{ c->backend->layernorm(c, x, rows, dim, eps, y); }
+
+/* RMSNorm over the last dim: x * rsqrt(mean(x^2) + eps) * weight (weight may be NULL). y may
+ * be x. */
+static inline void nn_rmsnorm(nn_ctx_t *c, const float *x, int64_t rows, int64_t dim,
+                              const float *weight, float eps, float *y)
+{ c->backend->rmsnorm(c, x, rows, dim, weight, eps, y); }
+
+/* adaLN modulation, one shift/scale vector [dim] for all rows: y = x * (1 + scale) + shift.
+ * y may be x. */
+static inline void nn_modulate(nn_ctx_t *c, const float *x, int64_t rows, int64_t dim,
+                               const float *shift, const float *scale, float *y)
+{ c->backend->modulate(c, x, rows, dim, shift, scale, y); }
+
+/* Gated residual: x += gate * y, gate [dim] for all rows (NULL: x += y). */
+static inline void nn_gated_add(nn_ctx_t *c, float *x, int64_t rows, int64_t dim,
+                                const float *gate, const float *y)
+{ c->backend->gated_add(c, x, rows, dim, gate, y); }
+
+/* In place: GELU with the tanh approximation; SiLU (x * sigmoid(x)). */
+static inline void nn_gelu_tanh(nn_ctx_t *c, float *x, int64_t n) { c->backend->gelu_tanh(c, x, n); }
+static inline void nn_silu(nn_ctx_t *c, float *x, int64_t n) { c->backend->silu(c, x, n); }
+
+/* Rotary embedding on interleaved complex pairs, in place: x [tokens, heads, head_dim]; for
+ * each token t and pair j < head_dim/2, (x[2j], x[2j+1]) is rotated by the angle whose cosine
+ * and sine are cos[t, j] and sin[t, j] (both [tokens, head_dim/2], the same for every head). */
+static inline void nn_rope(nn_ctx_t *c, float *x, int64_t tokens, int64_t heads,
+                           int64_t head_dim, const float *cos, const float *sin)
+{ c->backend->rope(c, x, tokens, heads, head_dim, cos, sin); }
+
+/* Softmax attention of one sample, not causal: q [q_len, heads, head_dim], k and v
+ * [kv_len, heads, head_dim], out [q_len, heads, head_dim]. key_mask [kv_len] (NULL: all keys)
+ * holds 1 for keys to attend to and 0 for keys to ignore. Scores are scaled by `scale`. Tiled:
+ * never materialises q_len x kv_len. A query whose keys are all masked gets zeros. */
+static inline void nn_attention(nn_ctx_t *c, const float *q, int64_t q_len, const float *k,
+                                const float *v, int64_t kv_len, int64_t heads,
+                                int64_t head_dim, const float *key_mask, float scale, float *out)
+{ c->backend->attention(c, q, q_len, k, v, kv_len, heads, head_dim, key_mask, scale, out); }
+
+/* Sinusoidal timestep embedding, cos half first (diffusers' get_timestep_embedding with
+ * flip_sin_to_cos=True, downscale_freq_shift=0, max_period 10000): for i < dim/2,
+ * freq_i = exp(-ln(10000) * i / (dim/2)), arg = scale * t * freq_i, out = [cos(arg), sin(arg)].
+ * t [n], out [n, dim]; dim even. */
+static inline void nn_timestep_embedding(nn_ctx_t *c, const float *t, int64_t n, int64_t dim,
+                                         float scale, float *out)
+{ c->backend->timestep_embedding(c, t, n, dim, scale, out); }
+
+#endif
