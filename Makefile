@@ -45,6 +45,7 @@ SUP_SRCS   := $(filter-out supervisor/config.c,$(wildcard supervisor/*.c))
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 TSTAGE_SRCS:= $(wildcard tests/stages/*.c)
 BENCH_SRCS := $(wildcard tools/bench/*.c)
+CLI_SRCS   := $(wildcard cli/*.c)
 
 LIB        := $(BUILD)/libdiffusiond.a
 LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -52,7 +53,8 @@ SUP_OBJS   := $(SUP_SRCS:%.c=$(BUILD)/obj/%.o)
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BINS := $(BENCH_SRCS:tools/bench/%.c=$(BUILD)/bench/%)
 TSTAGE_BIN := $(BUILD)/tests/diffusiond-teststage
-BINS       := $(BUILD)/diffusiond $(TSTAGE_BIN) $(UNIT_BINS) $(BENCH_BINS)
+CLI_BINS   := $(CLI_SRCS:cli/%.c=$(BUILD)/diffusiond-%)
+BINS       := $(BUILD)/diffusiond $(TSTAGE_BIN) $(UNIT_BINS) $(BENCH_BINS) $(CLI_BINS)
 
 .PHONY: fuzz-build all deps run test test-unit test-process asan fuzz bench check-config clean cuda-note
 .DEFAULT_GOAL := all
@@ -85,6 +87,9 @@ $(TSTAGE_BIN): $(TSTAGE_SRCS:%.c=$(BUILD)/obj/%.o) $(LIB)
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -lcmocka -o $@
+
+$(BUILD)/diffusiond-%: $(BUILD)/obj/cli/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(BUILD)/bench/%: $(BUILD)/obj/tools/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)

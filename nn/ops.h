@@ -52,15 +52,28 @@ typedef struct {
                       const float *key_mask, float scale, float *out);
     void (*timestep_embedding)(nn_ctx_t *ctx, const float *t, int64_t n, int64_t dim,
                                float scale, float *out);
+    void (*ctx_free)(nn_ctx_t *ctx);  /* releases ctx->impl; NULL: the backend keeps none */
 } nn_backend_t;
+
+/* The largest head_dim nn_attention takes: the CPU backend reserves its per-thread tiles for
+ * it when the context is made, so that no op allocates. */
+#define NN_ATTENTION_MAX_HEAD_DIM 512
 
 struct nn_ctx {
     const nn_backend_t *backend;
-    int threads;      /* compute threads; the CPU backend also sets OpenBLAS's */
+    int threads;      /* compute threads (OpenMP); OpenBLAS runs single-threaded in each */
     void *impl;       /* the backend's own state */
 };
 
-/* A CPU context with `threads` threads (0: every core). */
+/* A CPU context with `threads` threads (0: every core the process may run on). Returns 0, or
+ * -1 when its scratch memory cannot be had. A context serves one caller thread at a time.
+ * It sets OpenBLAS to one thread, process-wide: GEMMs are split over the OpenMP threads. With
+ * NN_CPU_PORTABLE=1 in the environment the context uses its portable loops where it would use
+ * AVX2/FMA ones: the same bits for the activations, other bits (same accuracy) for attention;
+ * the tests check both. Run processes that use it with OMP_WAIT_POLICY=PASSIVE in their
+ * environment (libgomp reads it at load): otherwise each threaded op leaves its threads
+ * spinning for milliseconds, on the cores the next GEMM needs (the supervisor and
+ * diffusiond-generate set it). */
 int nn_ctx_init_cpu(nn_ctx_t *ctx, int threads);
 void nn_ctx_free(nn_ctx_t *ctx);
 bool nn_supports(const nn_ctx_t *ctx, nn_op_t op);
@@ -110,7 +123,10 @@ static inline void nn_rope(nn_ctx_t *c, float *x, int64_t tokens, int64_t heads,
 /* Softmax attention of one sample, not causal: q [q_len, heads, head_dim], k and v
  * [kv_len, heads, head_dim], out [q_len, heads, head_dim]. key_mask [kv_len] (NULL: all keys)
  * holds 1 for keys to attend to and 0 for keys to ignore. Scores are scaled by `scale`. Tiled:
- * never materialises q_len x kv_len. A query whose keys are all masked gets zeros. */
+ * never materialises q_len x kv_len. A query whose keys are all masked gets zeros.
+ * head_dim <= NN_ATTENTION_MAX_HEAD_DIM. out may be q (not k or v).
+ * A query's bits depend on neither q_len nor the other queries, and a masked key changes
+ * nothing: the result is the one with that key removed, bit for bit (padding is free). */
 static inline void nn_attention(nn_ctx_t *c, const float *q, int64_t q_len, const float *k,
                                 const float *v, int64_t kv_len, int64_t heads,
                                 int64_t head_dim, const float *key_mask, float scale, float *out)

@@ -24,7 +24,9 @@ typedef struct {
     nn_dtype_t dtype;
     int ndim;
     int64_t shape[NN_MAX_DIMS];
-    const void *data;          /* inside the mapping */
+    const void *data;          /* inside the mapping; aligned to the element size only if
+                                  the file's offsets are (safetensors_write's and the
+                                  reference writer's are): read other files with memcpy */
     uint64_t bytes;
     const char *file;          /* path of the file that holds it */
 } st_tensor_t;
@@ -56,7 +58,10 @@ int safetensors_check_header(const uint8_t *buf, size_t len, size_t *count, char
                              size_t errlen);
 
 /* Writes tensors into a .safetensors file (f32 data, or any dtype as raw bytes); for the
- * CLI's --dump and for tests. names[i], dtypes[i], ndims[i], shapes[i], datas[i]. */
+ * CLI's --dump and for tests. names[i], dtypes[i], ndims[i], shapes[i], datas[i]. Header
+ * entries keep the caller's order; the data is laid out largest element size first, so that
+ * every tensor is aligned to its element size. Arguments are checked before the file is
+ * touched, and a failed write leaves no half-written file. */
 int safetensors_write(const char *path, size_t n, const char *const *names,
                       const nn_dtype_t *dtypes, const int *ndims,
                       const int64_t (*shapes)[NN_MAX_DIMS], const void *const *datas,

@@ -473,7 +473,7 @@ static void sup_spawn(supervisor_t *sup, slot_t *s)
     size_t n_env = 0;
     while (environ[n_env])
         n_env++;
-    char **envp = calloc(n_env + 1, sizeof *envp);
+    char **envp = calloc(n_env + 2, sizeof *envp);
     if (!envp) {
         log_error("out of memory starting %s.%u", st->name, s->replica);
         s->next_start_ms = sup_now_ms() + 1000;
@@ -485,6 +485,10 @@ static void sup_spawn(supervisor_t *sup, slot_t *s)
             strncmp(environ[i], "WATCHDOG_USEC=", 14) != 0 &&
             strncmp(environ[i], "WATCHDOG_PID=", 13) != 0)
             envp[k++] = environ[i];
+    /* OpenMP's idle threads would otherwise spin for milliseconds after each threaded op, on
+     * the cores that the next OpenBLAS GEMM needs; libgomp reads this only when it loads. */
+    if (!getenv("OMP_WAIT_POLICY"))
+        envp[k++] = "OMP_WAIT_POLICY=PASSIVE";
 
     pid_t parent = getpid();
     pid_t pid = fork();

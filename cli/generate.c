@@ -1,0 +1,366 @@
+/* diffusiond-generate: the generation pipeline in one process, no HTTP. For now it runs the
+ * denoising loop of a Qwen-Image model folder on given prompt embeddings and writes the final
+ * latents; later issues add the text encoder, the VAE and image output. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nn/ops.h"
+#include "nn/philox.h"
+#include "nn/qwen_image_dit.h"
+#include "nn/qwen_image_sampler.h"
+#include "nn/safetensors.h"
+#include "nn/scheduler.h"
+
+typedef struct {
+    const char *model, *prompt_embeds, *negative_embeds, *latents, *dump;
+    uint64_t seed;
+    bool have_seed;
+    int steps, width, height, threads;
+    float true_cfg_scale;
+    bool quiet;
+} args_t;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: diffusiond-generate --model DIR --prompt-embeds FILE [options]\n"
+        "  --model DIR              a diffusers Qwen-Image folder (transformer/, scheduler/, vae/)\n"
+        "  --prompt-embeds FILE     safetensors with prompt_embeds [1,L,D] and, optionally,\n"
+        "                           prompt_embeds_mask [1,L]\n"
+        "  --negative-embeds FILE   the same for the negative prompt (enables true CFG);\n"
+        "                           negative_prompt_embeds[_mask] are taken when present\n"
+        "  --latents FILE           initial noise: safetensors with latents, packed [1,S,64]\n"
+        "  --seed N                 initial noise from Philox4x32-10 (when --latents is not given;\n"
+        "                           default 0)\n"
+        "  --steps N                denoising steps (default 50, 1..1000)\n"
+        "  --true-cfg-scale S       guidance scale (default 4.0; needs --negative-embeds)\n"
+        "  --width W --height H     image size in pixels, multiples of 16 (default 1024)\n"
+        "  --threads N              compute threads (default: every core)\n"
+        "  --dump FILE              write the final latents: latents (packed) and, with a vae/\n"
+        "                           config, latents_denormalized [1,16,1,h,w] for the decoder\n"
+        "  --quiet                  no progress on stderr\n");
+}
+
+static int parse_int(const char *opt, const char *text, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || *text == '\0' || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "diffusiond-generate: %s wants a whole number in %ld..%ld, not '%s'\n",
+                opt, lo, hi, text);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, args_t *a)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, NULL, 'm'},
+        {"prompt-embeds", required_argument, NULL, 'p'},
+        {"negative-embeds", required_argument, NULL, 'n'},
+        {"latents", required_argument, NULL, 'l'},
+        {"seed", required_argument, NULL, 's'},
+        {"steps", required_argument, NULL, 'S'},
+        {"true-cfg-scale", required_argument, NULL, 'g'},
+        {"width", required_argument, NULL, 'W'},
+        {"height", required_argument, NULL, 'H'},
+        {"threads", required_argument, NULL, 't'},
+        {"dump", required_argument, NULL, 'd'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    *a = (args_t){.steps = 50, .width = 1024, .height = 1024, .true_cfg_scale = 4.0f};
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case 'p': a->prompt_embeds = optarg; break;
+        case 'n': a->negative_embeds = optarg; break;
+        case 'l': a->latents = optarg; break;
+        case 'd': a->dump = optarg; break;
+        case 'q': a->quiet = true; break;
+        case 's':
+            errno = 0;
+            a->seed = strtoull(optarg, &end, 10);
+            if (errno || *optarg == '\0' || *optarg == '-' || *end != '\0') {
+                fprintf(stderr, "diffusiond-generate: --seed wants a whole number in "
+                                "0..18446744073709551615, not '%s'\n", optarg);
+                return -1;
+            }
+            a->have_seed = true;
+            break;
+        case 'S': if (parse_int("--steps", optarg, 1, 1000, &a->steps)) return -1; break;
+        case 'W': if (parse_int("--width", optarg, 16, 16384, &a->width)) return -1; break;
+        case 'H': if (parse_int("--height", optarg, 16, 16384, &a->height)) return -1; break;
+        case 't': if (parse_int("--threads", optarg, 0, 1024, &a->threads)) return -1; break;
+        case 'g':
+            errno = 0;
+            a->true_cfg_scale = strtof(optarg, &end);
+            if (errno || *optarg == '\0' || *end != '\0' || !(a->true_cfg_scale >= 0.0f) ||
+                a->true_cfg_scale > 100.0f) {
+                fprintf(stderr, "diffusiond-generate: --true-cfg-scale wants a number in "
+                                "0..100, not '%s'\n", optarg);
+                return -1;
+            }
+            break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "diffusiond-generate: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (!a->model || !a->prompt_embeds) {
+        fprintf(stderr, "diffusiond-generate: --model and --prompt-embeds are required\n");
+        usage(stderr);
+        return -1;
+    }
+    if (a->width % 16 || a->height % 16) {
+        fprintf(stderr, "diffusiond-generate: --width and --height must be multiples of 16\n");
+        return -1;
+    }
+    if (a->latents && a->have_seed) {
+        fprintf(stderr, "diffusiond-generate: --latents and --seed exclude each other\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Prompt embeddings [1, L, Dt] and an optional mask [1, L] from a safetensors file. */
+typedef struct {
+    float *embeds, *mask;
+    int64_t len;
+} embeds_t;
+
+/* The tensors are prompt_embeds and prompt_embeds_mask, or, in a negative file, also
+ * negative_prompt_embeds and negative_prompt_embeds_mask (as the pipeline names them). */
+static int load_embeds(const char *path, int64_t dim, bool negative, embeds_t *e, char *err,
+                       size_t errlen)
+{
+    memset(e, 0, sizeof *e);
+    safetensors_t *st = safetensors_open(path, err, errlen);
+    if (!st)
+        return -1;
+    int rc = -1;
+    const char *name = "prompt_embeds", *mask_name = "prompt_embeds_mask";
+    if (negative && safetensors_find(st, "negative_prompt_embeds")) {
+        name = "negative_prompt_embeds";
+        mask_name = "negative_prompt_embeds_mask";
+    }
+    const st_tensor_t *t = safetensors_find(st, name);
+    if (!t || t->ndim != 3 || t->shape[0] != 1 || t->shape[2] != dim || t->shape[1] < 1) {
+        snprintf(err, errlen, "%s: wants a tensor %s of shape [1, L, %lld]", path, name,
+                 (long long)dim);
+        goto out;
+    }
+    e->len = t->shape[1];
+    e->embeds = malloc(sizeof(float) * (size_t)(e->len * dim));
+    if (!e->embeds || safetensors_read_f32(st, name, 3, t->shape, e->embeds, err, errlen) != 0)
+        goto out;
+    if (safetensors_find(st, mask_name)) {
+        int64_t shape[2] = {1, e->len};
+        e->mask = malloc(sizeof(float) * (size_t)e->len);
+        if (!e->mask || safetensors_read_f32(st, mask_name, 2, shape, e->mask, err, errlen) != 0)
+            goto out;
+        for (int64_t i = 0; i < e->len; i++)
+            if (e->mask[i] != 0.0f && e->mask[i] != 1.0f) {
+                snprintf(err, errlen, "%s: %s holds %g; only 0 and 1 mean something", path,
+                         mask_name, (double)e->mask[i]);
+                goto out;
+            }
+    }
+    rc = 0;
+out:
+    safetensors_close(&st);
+    if (rc) {
+        free(e->embeds);
+        free(e->mask);
+        memset(e, 0, sizeof *e);
+    }
+    return rc;
+}
+
+/* latents_mean / latents_std of vae/config.json; 0 if found, 1 if there is no vae folder. */
+static int load_vae_stats(const char *model, float *mean, float *std, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/vae/config.json", model);
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    if (!root)
+        return 1;
+    int rc = -1;
+    json_t *m = json_object_get(root, "latents_mean"), *s = json_object_get(root, "latents_std");
+    if (!json_is_array(m) || !json_is_array(s) || json_array_size(m) != SAMPLER_LATENT_CHANNELS ||
+        json_array_size(s) != SAMPLER_LATENT_CHANNELS) {
+        snprintf(err, errlen, "%.900s: wants latents_mean and latents_std of %d numbers", path,
+                 SAMPLER_LATENT_CHANNELS);
+        goto out;
+    }
+    for (int i = 0; i < SAMPLER_LATENT_CHANNELS; i++) {
+        json_t *a = json_array_get(m, (size_t)i), *b = json_array_get(s, (size_t)i);
+        if (!json_is_number(a) || !json_is_number(b) || json_number_value(b) == 0) {
+            snprintf(err, errlen, "%.900s: latents_mean/std[%d] is not a usable number", path, i);
+            goto out;
+        }
+        mean[i] = (float)json_number_value(a);
+        std[i] = (float)json_number_value(b);
+    }
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
+static void progress(void *ctx, int step, int steps, const float *latents)
+{
+    const args_t *a = ctx;
+    if (!a->quiet)
+        fprintf(stderr, "\rstep %d/%d", step + 1, steps);
+    if (!a->quiet && step + 1 == steps)
+        fputc('\n', stderr);
+    (void)latents;
+}
+
+int main(int argc, char **argv)
+{
+    /* OpenMP's idle threads spin after each threaded op on the cores the next OpenBLAS GEMM
+     * needs unless they sleep; libgomp reads the setting only when it loads, so set it and
+     * start again. */
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+        execv("/proc/self/exe", argv);
+        /* if that fails, run with spinning threads: slower, not wrong */
+    }
+    args_t a;
+    if (parse_args(argc, argv, &a) != 0)
+        return 2;
+    char err[1024], path[PATH_MAX];
+    nn_ctx_t ctx;
+    if (nn_ctx_init_cpu(&ctx, a.threads) != 0) {
+        fprintf(stderr, "diffusiond-generate: cannot set up the CPU backend\n");
+        return 1;
+    }
+    int rc = 1;
+    dit_t *dit = NULL;
+    embeds_t pos = {0}, neg = {0};
+    float *latents = NULL;
+
+    snprintf(path, sizeof path, "%s/transformer", a.model);
+    if (!(dit = dit_load(path, &ctx, err, sizeof err))) {
+        fprintf(stderr, "diffusiond-generate: %s\n", err);
+        goto out;
+    }
+    const dit_config_t *dc = dit_config(dit);
+    sched_config_t sched;
+    snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", a.model);
+    if (sched_config_load(&sched, path, err, sizeof err) != 0) {
+        fprintf(stderr, "diffusiond-generate: %s\n", err);
+        goto out;
+    }
+    if (load_embeds(a.prompt_embeds, dc->joint_attention_dim, false, &pos, err, sizeof err) != 0 ||
+        (a.negative_embeds && load_embeds(a.negative_embeds, dc->joint_attention_dim, true, &neg,
+                                          err, sizeof err) != 0)) {
+        fprintf(stderr, "diffusiond-generate: %s\n", err);
+        goto out;
+    }
+    int h, w;
+    int64_t S;
+    sampler_latent_size(a.height, a.width, &h, &w, &S);
+    int64_t ch = dc->in_channels;
+    latents = malloc(sizeof(float) * (size_t)(S * ch));
+    if (!latents) {
+        fprintf(stderr, "diffusiond-generate: out of memory\n");
+        goto out;
+    }
+    if (a.latents) {
+        safetensors_t *st = safetensors_open(a.latents, err, sizeof err);
+        int64_t shape[3] = {1, S, ch};
+        if (!st || safetensors_read_f32(st, "latents", 3, shape, latents, err, sizeof err) != 0) {
+            fprintf(stderr, "diffusiond-generate: %s\n", err);
+            safetensors_close(&st);
+            goto out;
+        }
+        safetensors_close(&st);
+    } else {
+        /* Noise of shape (16, h, w) from the seed, packed as the pipeline packs it. */
+        float *noise = malloc(sizeof(float) * (size_t)(S * ch));
+        if (!noise) {
+            fprintf(stderr, "diffusiond-generate: out of memory\n");
+            goto out;
+        }
+        philox_normal(a.seed, 0, (uint64_t)(S * ch), noise);
+        sampler_pack(noise, SAMPLER_LATENT_CHANNELS, h, w, latents);
+        free(noise);
+    }
+    sampler_params_t p = {
+        .height = a.height, .width = a.width, .steps = a.steps,
+        .true_cfg_scale = a.true_cfg_scale,
+        .txt_len = pos.len, .txt = pos.embeds, .txt_mask = pos.mask,
+        .neg_len = neg.len, .neg = neg.embeds, .neg_mask = neg.mask,
+        .on_step = progress, .on_step_ctx = &a,
+    };
+    if (a.true_cfg_scale > 1.0f && !neg.embeds && !a.quiet)
+        fprintf(stderr, "diffusiond-generate: no --negative-embeds: true CFG is off\n");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (sampler_denoise(dit, &sched, &p, latents, err, sizeof err) != 0) {
+        fprintf(stderr, "diffusiond-generate: %s\n", err);
+        goto out;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (!a.quiet)
+        fprintf(stderr, "denoised %dx%d in %d steps: %.2f s\n", a.width, a.height, a.steps,
+                (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    if (a.dump) {
+        float mean[SAMPLER_LATENT_CHANNELS], std[SAMPLER_LATENT_CHANNELS];
+        int have_vae = load_vae_stats(a.model, mean, std, err, sizeof err);
+        if (have_vae < 0) {
+            fprintf(stderr, "diffusiond-generate: %s\n", err);
+            goto out;
+        }
+        float *x = malloc(sizeof(float) * (size_t)(S * ch));
+        if (!x) {
+            fprintf(stderr, "diffusiond-generate: out of memory\n");
+            goto out;
+        }
+        sampler_unpack(latents, SAMPLER_LATENT_CHANNELS, h, w, x);
+        sampler_denormalize(x, SAMPLER_LATENT_CHANNELS, (int64_t)h * w, mean, std);
+        const char *names[2] = {"latents", "latents_denormalized"};
+        nn_dtype_t dtypes[2] = {NN_DTYPE_F32, NN_DTYPE_F32};
+        int ndims[2] = {3, 5};
+        int64_t shapes[2][NN_MAX_DIMS] = {{1, S, ch}, {1, SAMPLER_LATENT_CHANNELS, 1, h, w}};
+        const void *datas[2] = {latents, x};
+        int n = have_vae == 0 ? 2 : 1;
+        int wrc = safetensors_write(a.dump, (size_t)n, names, dtypes, ndims,
+                                    (const int64_t(*)[NN_MAX_DIMS])shapes, datas, err, sizeof err);
+        free(x);
+        if (wrc != 0) {
+            fprintf(stderr, "diffusiond-generate: %s\n", err);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    free(latents);
+    free(pos.embeds);
+    free(pos.mask);
+    free(neg.embeds);
+    free(neg.mask);
+    dit_free(&dit);
+    nn_ctx_free(&ctx);
+    return rc;
+}

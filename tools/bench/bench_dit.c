@@ -1,0 +1,98 @@
+/* bench_dit: one forward of a Qwen-Image transformer folder, timed (median of --runs), with
+ * the peak resident memory next to the size of the f32 weights.
+ *   bench_dit FOLDER [--img-tokens 1024] [--txt-tokens 64] [--threads N] [--runs 3]
+ * Prints "dit_forward_ms <median>" for tools/bench/bench_dit.py, which times the reference on
+ * the same folder and prints the ratio. Inputs are fixed pseudo-random values. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "nn/ops.h"
+#include "nn/philox.h"
+#include "nn/qwen_image_dit.h"
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_dit FOLDER [--img-tokens N] [--txt-tokens N] [--threads N] [--runs N]\n");
+        return 2;
+    }
+    int img_side = 32, txt = 64, threads = 0, runs = 3;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--img-tokens")) {
+            int n = atoi(argv[i + 1]), s = 1;
+            while (s * s < n)
+                s++;
+            img_side = s;
+        } else if (!strcmp(argv[i], "--txt-tokens")) txt = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--runs")) runs = atoi(argv[i + 1]);
+    }
+    if (runs < 1 || runs > 100 || txt < 1) {
+        fprintf(stderr, "bench_dit: bad arguments\n");
+        return 2;
+    }
+    nn_ctx_t ctx;
+    char err[1024];
+    if (nn_ctx_init_cpu(&ctx, threads) != 0)
+        return 1;
+    double t0 = now_ms();
+    dit_t *dit = dit_load(argv[1], &ctx, err, sizeof err);
+    if (!dit) {
+        fprintf(stderr, "bench_dit: %s\n", err);
+        return 1;
+    }
+    double load_ms = now_ms() - t0;
+    const dit_config_t *c = dit_config(dit);
+    int64_t S = (int64_t)img_side * img_side, L = txt;
+    int64_t out_ch = (int64_t)c->patch_size * c->patch_size * c->out_channels;
+    float *img = malloc(sizeof(float) * (size_t)(S * c->in_channels));
+    float *emb = malloc(sizeof(float) * (size_t)(L * c->joint_attention_dim));
+    float *out = malloc(sizeof(float) * (size_t)(S * out_ch));
+    philox_normal(1, 0, (uint64_t)(S * c->in_channels), img);
+    philox_normal(2, 0, (uint64_t)(L * c->joint_attention_dim), emb);
+    float t = 0.5f;
+    dit_input_t in = {.batch = 1, .img_len = S, .txt_len = L, .img = img, .txt = emb,
+                      .timestep = &t, .n_images = 1,
+                      .images = {{.frames = 1, .height = img_side, .width = img_side}}};
+    double *ms = malloc(sizeof(double) * (size_t)runs);
+    for (int r = 0; r < runs; r++) {
+        double a = now_ms();
+        if (dit_forward(dit, &in, out, NULL, err, sizeof err) != 0) {
+            fprintf(stderr, "bench_dit: %s\n", err);
+            return 1;
+        }
+        ms[r] = now_ms() - a;
+    }
+    qsort(ms, (size_t)runs, sizeof *ms, cmp_double);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("config: D=%d, %d heads of %d, %d layers; %lld image + %lld text tokens; %d threads\n",
+           c->dim, c->num_attention_heads, c->attention_head_dim, c->num_layers, (long long)S,
+           (long long)L, ctx.threads);
+    printf("weights: %.1f MiB f32, loaded in %.0f ms; peak RSS %.1f MiB\n",
+           (double)dit_weight_bytes(dit) / 1048576.0, load_ms, (double)ru.ru_maxrss / 1024.0);
+    printf("dit_forward_ms %.1f\n", ms[runs / 2]);
+    free(ms);
+    free(img);
+    free(emb);
+    free(out);
+    dit_free(&dit);
+    nn_ctx_free(&ctx);
+    return 0;
+}
