@@ -25,7 +25,7 @@ from diffusers import QwenImageTransformer2DModel
 ap = argparse.ArgumentParser()
 ap.add_argument("build")
 ap.add_argument("--threads", type=int, default=os.cpu_count())
-ap.add_argument("--runs", type=int, default=3)
+ap.add_argument("--runs", type=int, default=5)
 ap.add_argument("--layers", type=int, default=4)
 args = ap.parse_args()
 
@@ -53,25 +53,28 @@ def forward():
                      img_shapes=[[(1, S_SIDE, S_SIDE)]], return_dict=False)[0]
 
 forward()  # warm-up: first-call allocations and kernel selection
-ref_ms = []
-for _ in range(args.runs):
-    a = time.perf_counter()
-    forward()
-    ref_ms.append((time.perf_counter() - a) * 1e3)
-ref = statistics.median(ref_ms)
 
+# Rounds alternate between the two so that the machine's drift (a shared VM's neighbours,
+# clock changes) falls on both; each round times one reference forward and one of ours.
+ref_ms, ours_ms = [], []
 with tempfile.TemporaryDirectory(prefix="diffusiond-bench-dit-") as d:
     model.save_pretrained(d, safe_serialization=True)
-    out = subprocess.run([os.path.join(args.build, "bench", "bench_dit"), d,
-                          "--img-tokens", str(S_SIDE * S_SIDE), "--txt-tokens", str(L),
-                          "--threads", str(args.threads), "--runs", str(args.runs)],
-                         capture_output=True, text=True,
-                         env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
-    if out.returncode != 0:
-        sys.exit(f"bench_dit failed: {out.stderr}")
-    print(out.stdout, end="")
-    ours = float(re.search(r"dit_forward_ms ([0-9.]+)", out.stdout).group(1))
-
+    report = ""
+    for _ in range(args.runs):
+        a = time.perf_counter()
+        forward()
+        ref_ms.append((time.perf_counter() - a) * 1e3)
+        out = subprocess.run([os.path.join(args.build, "bench", "bench_dit"), d,
+                              "--img-tokens", str(S_SIDE * S_SIDE), "--txt-tokens", str(L),
+                              "--threads", str(args.threads), "--runs", "2"],
+                             capture_output=True, text=True,
+                             env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+        if out.returncode != 0:
+            sys.exit(f"bench_dit failed: {out.stderr}")
+        report = out.stdout
+        ours_ms.append(float(re.search(r"dit_forward_ms ([0-9.]+)", out.stdout).group(1)))
+    print(report, end="")
+ref, ours = statistics.median(ref_ms), statistics.median(ours_ms)
 print(f"reference (diffusers {__import__('diffusers').__version__}, torch {torch.__version__}, "
-      f"{args.threads} threads): {ref:.1f} ms; diffusiond: {ours:.1f} ms; "
-      f"ratio {ours / ref:.2f}x (target <= 0.80x)")
+      f"{args.threads} threads): {ref:.1f} ms; diffusiond: {ours:.1f} ms "
+      f"(medians of {args.runs} alternating rounds); ratio {ours / ref:.2f}x (target <= 0.80x)")

@@ -2,9 +2,10 @@
  * builds on, measured in the same run.
  *
  * nn_linear on 1088 tokens (1024x1024 at 32 px per token, 64 text tokens) for each kind of
- * Linear a block has, against a bare cblas_sgemm of the same shape: the ratio is what the
- * wrapper (the bias pass, the threading around it) costs; the two are timed alternately so
- * that clock and cache drift fall on both. Then nn_attention on 1088 tokens, 8 heads of 128
+ * Linear a block has, against a bare cblas_sgemm of the same shape with OpenBLAS's own threads
+ * (as many as the context has): the ratio is what our way of threading it (OpenBLAS
+ * single-threaded on a slice of columns per OpenMP thread, the bias added per slice) gains or
+ * costs. Then nn_attention on 1088 tokens, 8 heads of 128
  * (one third of the real model's 24), with its GFLOP/s counted as 4 q_len kv_len head_dim per
  * head. Every figure is the median of several runs after a warm-up; one line per shape. */
 #include <cblas.h>
@@ -56,18 +57,25 @@ static void bench_linear(nn_ctx_t *ctx, int m, int k, int n)
     float *x = filled((size_t)m * k, 1), *w = filled((size_t)n * k, 0.1f);
     float *b = filled((size_t)n, 1), *y = filled((size_t)m * n, 0);
     double t_nn[REPS], t_bare[REPS];
+    /* Each in its own block of runs: OpenBLAS's threads keep spinning for a while after a
+     * call of theirs, and would steal the cores from the next nn_linear if the two took turns
+     * (in the model no OpenBLAS thread ever runs: the context sets OpenBLAS to one thread). */
+    openblas_set_num_threads(1); /* what the context runs with */
     nn_linear(ctx, x, m, k, w, b, y, n); /* warm-up: threads, pages, caches */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
     for (int r = 0; r < REPS; r++) {
         double t0 = now_s();
         nn_linear(ctx, x, m, k, w, b, y, n);
-        double t1 = now_s();
+        t_nn[r] = now_s() - t0;
+    }
+    openblas_set_num_threads(ctx->threads);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
+    for (int r = 0; r < REPS; r++) {
+        double t0 = now_s();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y,
                     n);
-        double t2 = now_s();
-        t_nn[r] = t1 - t0;
-        t_bare[r] = t2 - t1;
+        t_bare[r] = now_s() - t0;
     }
+    openblas_set_num_threads(1);
     double flop = 2.0 * m * k * n, nn = median(t_nn, REPS), bare = median(t_bare, REPS);
     printf("linear     m=%d k=%d n=%d: nn_linear %.1f GFLOP/s (%.1f ms), bare sgemm %.1f GFLOP/s "
            "(%.1f ms), ratio %.1f%%\n", m, k, n, flop / nn * 1e-9, nn * 1e3, flop / bare * 1e-9,
