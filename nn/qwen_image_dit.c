@@ -19,6 +19,8 @@ struct dit {
     dit_config_t cfg;
     dit_weights_t w;
     nn_ctx_t *ctx;
+    nn_arena_t arena;   /* activations, kept between calls: its pages stay mapped, so a
+                           forward pays no page faults after the first of its size */
 };
 
 const dit_config_t *dit_config(const dit_t *dit) { return &dit->cfg; }
@@ -293,6 +295,7 @@ void dit_free(dit_t **pdit)
         return;
     free(dit->w.storage);
     free(dit->w.blocks);
+    nn_arena_free(&dit->arena);
     free(dit);
     *pdit = NULL;
 }
@@ -485,30 +488,34 @@ int dit_forward(dit_t *dit, const dit_input_t *in, float *out, dit_trace_t *trac
     size_t floats = (size_t)(2 * S * D + 2 * L * D + 4 * T * D + S * D + L * D +
                              hidden_rows * 4 * D + L * Dt + 3 * D + 18 * D + DIT_TIME_DIM + D +
                              T + T * Dh);
-    nn_arena_t arena;
-    if (nn_arena_init(&arena, floats * sizeof(float) + 64 * 32) != 0) {
-        snprintf(err, errlen, "cannot allocate %zu MiB of activations", floats * 4 >> 20);
-        return -1;
+    size_t need = floats * sizeof(float) + 64 * 32;
+    nn_arena_t *ap = &dit->arena;
+    if (ap->cap < need) {
+        nn_arena_free(ap);
+        if (nn_arena_init(ap, need) != 0) {
+            snprintf(err, errlen, "cannot allocate %zu MiB of activations", need >> 20);
+            return -1;
+        }
     }
+    nn_arena_release(ap, 0);
     dit_scratch_t s = {
-        .x_img = nn_arena_f32(&arena, (size_t)(S * D)), .x_txt = nn_arena_f32(&arena, (size_t)(L * D)),
-        .n_img = nn_arena_f32(&arena, (size_t)(S * D)), .n_txt = nn_arena_f32(&arena, (size_t)(L * D)),
-        .q = nn_arena_f32(&arena, (size_t)(T * D)), .k = nn_arena_f32(&arena, (size_t)(T * D)),
-        .v = nn_arena_f32(&arena, (size_t)(T * D)), .att = nn_arena_f32(&arena, (size_t)(T * D)),
-        .y_img = nn_arena_f32(&arena, (size_t)(S * D)), .y_txt = nn_arena_f32(&arena, (size_t)(L * D)),
-        .hidden = nn_arena_f32(&arena, (size_t)(hidden_rows * 4 * D)),
-        .txt_normed = nn_arena_f32(&arena, (size_t)(L * Dt)),
-        .temb = nn_arena_f32(&arena, (size_t)D), .silu_temb = nn_arena_f32(&arena, (size_t)D),
-        .silu_temb0 = nn_arena_f32(&arena, (size_t)D),
-        .img_mod = nn_arena_f32(&arena, (size_t)(6 * D)), .img_mod0 = nn_arena_f32(&arena, (size_t)(6 * D)),
-        .txt_mod = nn_arena_f32(&arena, (size_t)(6 * D)),
-        .t_proj = nn_arena_f32(&arena, DIT_TIME_DIM), .t_hidden = nn_arena_f32(&arena, (size_t)D),
-        .key_mask = nn_arena_f32(&arena, (size_t)T),
+        .x_img = nn_arena_f32(ap, (size_t)(S * D)), .x_txt = nn_arena_f32(ap, (size_t)(L * D)),
+        .n_img = nn_arena_f32(ap, (size_t)(S * D)), .n_txt = nn_arena_f32(ap, (size_t)(L * D)),
+        .q = nn_arena_f32(ap, (size_t)(T * D)), .k = nn_arena_f32(ap, (size_t)(T * D)),
+        .v = nn_arena_f32(ap, (size_t)(T * D)), .att = nn_arena_f32(ap, (size_t)(T * D)),
+        .y_img = nn_arena_f32(ap, (size_t)(S * D)), .y_txt = nn_arena_f32(ap, (size_t)(L * D)),
+        .hidden = nn_arena_f32(ap, (size_t)(hidden_rows * 4 * D)),
+        .txt_normed = nn_arena_f32(ap, (size_t)(L * Dt)),
+        .temb = nn_arena_f32(ap, (size_t)D), .silu_temb = nn_arena_f32(ap, (size_t)D),
+        .silu_temb0 = nn_arena_f32(ap, (size_t)D),
+        .img_mod = nn_arena_f32(ap, (size_t)(6 * D)), .img_mod0 = nn_arena_f32(ap, (size_t)(6 * D)),
+        .txt_mod = nn_arena_f32(ap, (size_t)(6 * D)),
+        .t_proj = nn_arena_f32(ap, DIT_TIME_DIM), .t_hidden = nn_arena_f32(ap, (size_t)D),
+        .key_mask = nn_arena_f32(ap, (size_t)T),
     };
-    float *cos_t = nn_arena_f32(&arena, (size_t)(T * Dh / 2));
-    float *sin_t = nn_arena_f32(&arena, (size_t)(T * Dh / 2));
+    float *cos_t = nn_arena_f32(ap, (size_t)(T * Dh / 2));
+    float *sin_t = nn_arena_f32(ap, (size_t)(T * Dh / 2));
     if (!sin_t) {
-        nn_arena_free(&arena);
         snprintf(err, errlen, "activation arena too small (a bug)");
         return -1;
     }
@@ -562,6 +569,5 @@ int dit_forward(dit_t *dit, const dit_input_t *in, float *out, dit_trace_t *trac
             memcpy(trace->norm_out + (size_t)b * S * D, s.n_img, (size_t)(S * D) * sizeof(float));
         nn_linear(ctx, s.n_img, S, D, w->proj_out_w, w->proj_out_b, o, out_ch);
     }
-    nn_arena_free(&arena);
     return 0;
 }

@@ -96,7 +96,8 @@ typedef struct {
 } dit_trace_t;
 
 /* out [batch, img_len, patch^2 x out_channels]. Returns 0, or -1 with err on bad input
- * (shapes that do not add up, too many images) or no memory. */
+ * (shapes that do not add up, too many images) or no memory. The activations live in the
+ * dit between calls (grown to the largest call so far): one caller at a time per dit. */
 int dit_forward(dit_t *dit, const dit_input_t *in, float *out, dit_trace_t *trace, char *err,
                 size_t errlen);
 
