@@ -22,7 +22,7 @@ typedef struct {
     const char *model, *prompt_embeds, *negative_embeds, *latents, *dump;
     uint64_t seed;
     bool have_seed;
-    int steps, width, height, threads;
+    int steps, width, height, threads, max_sequence_length;
     float true_cfg_scale;
     bool quiet;
 } args_t;
@@ -42,6 +42,8 @@ static void usage(FILE *out)
         "  --steps N                denoising steps (default 50, 1..1000)\n"
         "  --true-cfg-scale S       guidance scale (default 4.0; needs --negative-embeds)\n"
         "  --width W --height H     image size in pixels, multiples of 16 (default 1024)\n"
+        "  --max-sequence-length N  prompt tokens kept, as the pipeline cuts them (default 512,\n"
+        "                           1..1024)\n"
         "  --threads N              compute threads (default: every core)\n"
         "  --dump FILE              write the final latents: latents (packed) and, with a vae/\n"
         "                           config, latents_denormalized [1,16,1,h,w] for the decoder\n"
@@ -75,12 +77,14 @@ static int parse_args(int argc, char **argv, args_t *a)
         {"width", required_argument, NULL, 'W'},
         {"height", required_argument, NULL, 'H'},
         {"threads", required_argument, NULL, 't'},
+        {"max-sequence-length", required_argument, NULL, 'L'},
         {"dump", required_argument, NULL, 'd'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    *a = (args_t){.steps = 50, .width = 1024, .height = 1024, .true_cfg_scale = 4.0f};
+    *a = (args_t){.steps = 50, .width = 1024, .height = 1024, .true_cfg_scale = 4.0f,
+                  .max_sequence_length = 512};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         char *end;
@@ -105,6 +109,10 @@ static int parse_args(int argc, char **argv, args_t *a)
         case 'W': if (parse_int("--width", optarg, 16, 16384, &a->width)) return -1; break;
         case 'H': if (parse_int("--height", optarg, 16, 16384, &a->height)) return -1; break;
         case 't': if (parse_int("--threads", optarg, 0, 1024, &a->threads)) return -1; break;
+        case 'L':
+            if (parse_int("--max-sequence-length", optarg, 1, 1024, &a->max_sequence_length))
+                return -1;
+            break;
         case 'g':
             errno = 0;
             a->true_cfg_scale = strtof(optarg, &end);
@@ -147,8 +155,8 @@ typedef struct {
 
 /* The tensors are prompt_embeds and prompt_embeds_mask, or, in a negative file, also
  * negative_prompt_embeds and negative_prompt_embeds_mask (as the pipeline names them). */
-static int load_embeds(const char *path, int64_t dim, bool negative, embeds_t *e, char *err,
-                       size_t errlen)
+static int load_embeds(const char *path, int64_t dim, bool negative, int64_t max_len,
+                       embeds_t *e, char *err, size_t errlen)
 {
     memset(e, 0, sizeof *e);
     safetensors_t *st = safetensors_open(path, err, errlen);
@@ -182,6 +190,9 @@ static int load_embeds(const char *path, int64_t dim, bool negative, embeds_t *e
                 goto out;
             }
     }
+    /* encode_prompt cuts embeddings and mask to max_sequence_length, given ones too. */
+    if (e->len > max_len)
+        e->len = max_len;
     rc = 0;
 out:
     safetensors_close(&st);
@@ -198,10 +209,14 @@ static int load_vae_stats(const char *model, float *mean, float *std, char *err,
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/vae/config.json", model);
+    if (access(path, F_OK) != 0)
+        return 1;
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
-    if (!root)
-        return 1;
+    if (!root) {
+        snprintf(err, errlen, "%.700s:%d: %.200s", path, jerr.line, jerr.text);
+        return -1;
+    }
     int rc = -1;
     json_t *m = json_object_get(root, "latents_mean"), *s = json_object_get(root, "latents_std");
     if (!json_is_array(m) || !json_is_array(s) || json_array_size(m) != SAMPLER_LATENT_CHANNELS ||
@@ -265,15 +280,25 @@ int main(int argc, char **argv)
         goto out;
     }
     const dit_config_t *dc = dit_config(dit);
+    /* The sampler's latents are 2x2 patches of the VAE's 16 channels, in and out. */
+    if (dc->patch_size != 2 || dc->in_channels != 4 * SAMPLER_LATENT_CHANNELS ||
+        dc->out_channels != SAMPLER_LATENT_CHANNELS) {
+        fprintf(stderr, "diffusiond-generate: %s/transformer: patch_size %d, in_channels %d, "
+                "out_channels %d; a Qwen-Image text-to-image model has 2, %d and %d\n", a.model,
+                dc->patch_size, dc->in_channels, dc->out_channels, 4 * SAMPLER_LATENT_CHANNELS,
+                SAMPLER_LATENT_CHANNELS);
+        goto out;
+    }
     sched_config_t sched;
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", a.model);
     if (sched_config_load(&sched, path, err, sizeof err) != 0) {
         fprintf(stderr, "diffusiond-generate: %s\n", err);
         goto out;
     }
-    if (load_embeds(a.prompt_embeds, dc->joint_attention_dim, false, &pos, err, sizeof err) != 0 ||
-        (a.negative_embeds && load_embeds(a.negative_embeds, dc->joint_attention_dim, true, &neg,
-                                          err, sizeof err) != 0)) {
+    if (load_embeds(a.prompt_embeds, dc->joint_attention_dim, false, a.max_sequence_length, &pos,
+                    err, sizeof err) != 0 ||
+        (a.negative_embeds && load_embeds(a.negative_embeds, dc->joint_attention_dim, true,
+                                          a.max_sequence_length, &neg, err, sizeof err) != 0)) {
         fprintf(stderr, "diffusiond-generate: %s\n", err);
         goto out;
     }
@@ -337,8 +362,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "diffusiond-generate: out of memory\n");
             goto out;
         }
-        sampler_unpack(latents, SAMPLER_LATENT_CHANNELS, h, w, x);
-        sampler_denormalize(x, SAMPLER_LATENT_CHANNELS, (int64_t)h * w, mean, std);
+        if (have_vae == 0) { /* without a vae/ folder there is nothing to de-normalise with */
+            sampler_unpack(latents, SAMPLER_LATENT_CHANNELS, h, w, x);
+            sampler_denormalize(x, SAMPLER_LATENT_CHANNELS, (int64_t)h * w, mean, std);
+        }
         const char *names[2] = {"latents", "latents_denormalized"};
         nn_dtype_t dtypes[2] = {NN_DTYPE_F32, NN_DTYPE_F32};
         int ndims[2] = {3, 5};

@@ -73,8 +73,8 @@ int dit_config_load(dit_config_t *c, const char *path, char *err, size_t errlen)
     if (json_int(root, "patch_size", 1, 16, &c->patch_size, false, path, err, errlen) ||
         json_int(root, "in_channels", 1, 1 << 16, &c->in_channels, false, path, err, errlen) ||
         json_int(root, "num_layers", 1, 1024, &c->num_layers, false, path, err, errlen) ||
-        json_int(root, "attention_head_dim", 2, 1024, &c->attention_head_dim, false, path, err,
-                 errlen) ||
+        json_int(root, "attention_head_dim", 2, NN_ATTENTION_MAX_HEAD_DIM,
+                 &c->attention_head_dim, false, path, err, errlen) ||
         json_int(root, "num_attention_heads", 1, 1024, &c->num_attention_heads, false, path,
                  err, errlen) ||
         json_int(root, "joint_attention_dim", 1, 1 << 16, &c->joint_attention_dim, false, path,
@@ -519,7 +519,7 @@ int dit_forward(dit_t *dit, const dit_input_t *in, float *out, dit_trace_t *trac
         snprintf(err, errlen, "activation arena too small (a bug)");
         return -1;
     }
-    /* The reference takes img_shapes[0] for the whole batch; so does this. */
+    /* RoPE from the one set of image shapes, as the reference takes img_shapes[0] for it. */
     dit_rope_table(c, in, cos_t, sin_t);
 
     for (int b = 0; b < in->batch; b++) {

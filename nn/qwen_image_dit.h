@@ -71,8 +71,10 @@ typedef struct {
     int frames, height, width;
 } dit_image_shape_t;
 
-/* One forward call's inputs, for `batch` samples sharing the sequence lengths.
- * img_shapes describe every sample (the reference uses the first sample's for all). */
+/* One forward call's inputs, for `batch` samples sharing the sequence lengths and the image
+ * shapes. (The reference takes the first sample's shapes for RoPE but each sample's own for
+ * zero_cond_t's split between generated and condition tokens: a batch whose samples differ
+ * there must be run as separate calls.) */
 typedef struct {
     int batch;
     int64_t img_len;            /* image tokens per sample: sum of f*h*w over images */

@@ -88,9 +88,10 @@ int sampler_denoise(dit_t *dit, const sched_config_t *sched, const sampler_param
         return -1;
     }
     int64_t ch = (int64_t)c->patch_size * c->patch_size * c->out_channels;
-    if (ch != c->in_channels || ch > 1024) {
-        snprintf(err, errlen, "the transformer's output (%lld channels) does not match its "
-                 "input (%d): not a text-to-image model", (long long)ch, c->in_channels);
+    if (ch != c->in_channels || ch != 4 * SAMPLER_LATENT_CHANNELS || c->patch_size != 2) {
+        snprintf(err, errlen, "the transformer takes %d channels and makes %lld with patch %d: "
+                 "the sampler wants 2x2 patches of %d latent channels in and out",
+                 c->in_channels, (long long)ch, c->patch_size, SAMPLER_LATENT_CHANNELS);
         return -1;
     }
     bool cfg = p->true_cfg_scale > 1.0f && p->neg;

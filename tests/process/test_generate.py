@@ -87,6 +87,7 @@ BAD = [
     (["--threads", "x"], "--threads wants a whole number"),
     (["--latents", IO, "--seed", "1"], "exclude each other"),
     (["--bogus"], "unrecognized option"),
+    (["--max-sequence-length", "2000"], "--max-sequence-length wants a whole number in 1..1024"),
 ]
 
 
@@ -116,3 +117,23 @@ def test_missing_or_wrong_files_are_named(tmp_path, what):
         assert "nope.safetensors" in r.stderr
     if what == "latents":
         assert "latents" in r.stderr
+
+
+def test_a_model_of_another_geometry_is_refused(tmp_path):
+    """dit_tiny's transformer takes 16 channels, not 2x2 patches of 16: a clear error."""
+    r = run("--model", os.path.join(REPO, "tests/golden/dit_tiny"), "--prompt-embeds", IO,
+            "--quiet")
+    assert r.returncode == 1
+    assert "in_channels 16" in r.stderr and "a Qwen-Image text-to-image model has 2, 64 and 16" in r.stderr
+
+
+def test_prompts_are_cut_to_max_sequence_length(tmp_path):
+    dumps = []
+    for n in ["512", "3"]:
+        out = tmp_path / f"len{n}.safetensors"
+        r = run(*base_args(tmp_path, "--latents", IO, "--max-sequence-length", n, "--dump", str(out)))
+        assert r.returncode == 0, r.stderr
+        dumps.append(read_safetensors(out)["latents"][1])
+    ref = read_safetensors(IO)["final_latents"][1]
+    assert rel_err(dumps[0], ref) < 1e-4   # 6 tokens fit in 512: the reference's result
+    assert rel_err(dumps[1], ref) > 1e-3   # cut to 3 tokens: another result

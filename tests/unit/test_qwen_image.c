@@ -298,6 +298,30 @@ static void test_dit_load_errors(void **state)
     assert_null(dit_load("/nonexistent/transformer", &ctx, err, sizeof err));
     assert_non_null(strstr(err, "config.json"));
     nn_ctx_free(&ctx);
+    /* Configs outside what the code can run are refused, naming the key. */
+    static const struct { const char *json, *key; } bad[] = {
+        {"{\"attention_head_dim\": 1024, \"num_attention_heads\": 1, \"axes_dims_rope\": [16, 504, 504]}",
+         "attention_head_dim"},
+        {"{\"attention_head_dim\": 128, \"axes_dims_rope\": [16, 56, 58]}", "axes_dims_rope"},
+        {"{\"num_layers\": 0}", "num_layers"},
+        {"{\"guidance_embeds\": true}", "guidance_embeds"},
+        {"[1, 2]", "not a JSON object"},
+    };
+    char path[] = "/tmp/diffusiond-test-config-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(bad[i].json, f);
+        fclose(f);
+        dit_config_t c;
+        assert_int_equal(dit_config_load(&c, path, err, sizeof err), -1);
+        if (!strstr(err, bad[i].key))
+            fail_msg("config %s: error '%s' does not name %s", bad[i].json, err, bad[i].key);
+    }
+    unlink(path);
 }
 
 /* ---- scheduler ---- */
