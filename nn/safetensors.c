@@ -767,6 +767,17 @@ int safetensors_read_f32(const safetensors_t *st, const char *name, int ndim,
                  nn_shape_str(found, sizeof found, t->dtype, t->ndim, t->shape));
         return -1;
     }
+    /* Drop the copied pages from this process's resident set: loading a model otherwise
+     * holds the whole mapped file and the converted weights at once, twice the model's size.
+     * The mapping is read-only and file-backed, so a later read just faults the pages back in
+     * from the page cache. Only whole pages inside the tensor are dropped. */
+    long page = sysconf(_SC_PAGESIZE);
+    if (page > 0 && t->bytes > 0) {
+        uintptr_t begin = ((uintptr_t)t->data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+        uintptr_t end = ((uintptr_t)t->data + t->bytes) & ~((uintptr_t)page - 1);
+        if (end > begin)
+            madvise((void *)begin, end - begin, MADV_DONTNEED);
+    }
     return 0;
 }
 
