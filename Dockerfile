@@ -22,6 +22,7 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libzmq5 libmsgpackc2 libevent-2.1-7 libjpeg62-turbo libpng16-16 libwebp7 libwebpmux3 \
         libavcodec59 libavformat59 libavutil57 libswscale6 libsystemd0 libopenblas0 libinih1 \
+        libjansson4 libgomp1 \
         tini \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /var/lib/diffusiond --shell /usr/sbin/nologin diffusiond
@@ -29,10 +30,11 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
 COPY --from=cuda /usr/local/cuda/lib64/libcudart.so* /usr/local/cuda/lib64/
 COPY --from=cuda /usr/local/cuda/lib64/libcublas*.so* /usr/local/cuda/lib64/
 ENV LD_LIBRARY_PATH=/usr/local/cuda/lib64
-COPY --from=build /src/build/diffusiond /usr/lib/diffusiond/diffusiond
+COPY --from=build /src/build/diffusiond /src/build/diffusiond-generate /usr/lib/diffusiond/
 COPY --from=build /src/build/tests/diffusiond-teststage /usr/lib/diffusiond/tests/diffusiond-teststage
 COPY conf/diffusiond.conf /etc/diffusiond/diffusiond.conf
 RUN ln -s /usr/lib/diffusiond/diffusiond /usr/bin/diffusiond && \
+    ln -s /usr/lib/diffusiond/diffusiond-generate /usr/bin/diffusiond-generate && \
     diffusiond -t -c /etc/diffusiond/diffusiond.conf
 USER diffusiond
 ENV RUNTIME_DIRECTORY=/tmp/diffusiond
