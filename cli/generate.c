@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "nn/json_file.h"
 #include "nn/ops.h"
 #include "nn/philox.h"
 #include "nn/qwen_image_dit.h"
@@ -211,12 +212,9 @@ static int load_vae_stats(const char *model, float *mean, float *std, char *err,
     snprintf(path, sizeof path, "%s/vae/config.json", model);
     if (access(path, F_OK) != 0)
         return 1;
-    json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
-    if (!root) {
-        snprintf(err, errlen, "%.700s:%d: %.200s", path, jerr.line, jerr.text);
+    json_t *root = nn_json_load_object(path, err, errlen);
+    if (!root)
         return -1;
-    }
     int rc = -1;
     json_t *m = json_object_get(root, "latents_mean"), *s = json_object_get(root, "latents_std");
     if (!json_is_array(m) || !json_is_array(s) || json_array_size(m) != SAMPLER_LATENT_CHANNELS ||

@@ -24,6 +24,7 @@
 #endif
 
 #include "nn/ops.h"
+#include "nn/tensor.h"
 
 /* Attention works on ATT_BQ queries against ATT_BK keys at a time; both are multiples of the
  * kernels' 6 rows, and ATT_BQ of their 16 lanes. */
@@ -76,19 +77,6 @@ static double sumsq_f64(const float *x, int64_t n, double center)
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-static inline uint32_t f32_bits(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
-static inline float f32_from_bits(uint32_t u)
-{
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
 
 /* lo or hi where x is outside [lo, hi], x otherwise (NaN included), by bit masks: GCC will
  * not if-convert a float ?: that feeds arithmetic (trapping math), and then will not
@@ -96,8 +84,8 @@ static inline float f32_from_bits(uint32_t u)
 static inline float clamp_f32(float x, float lo, float hi)
 {
     uint32_t below = -(uint32_t)(x < lo), above = -(uint32_t)(x > hi);
-    return f32_from_bits((f32_bits(x) & ~(below | above)) | (f32_bits(lo) & below) |
-                         (f32_bits(hi) & above));
+    return nn_f32_from_bits((nn_f32_bits(x) & ~(below | above)) | (nn_f32_bits(lo) & below) |
+                         (nn_f32_bits(hi) & above));
 }
 
 /* e^x in float over the whole range (0 below -103.97, inf above 88.72, NaN stays NaN),
@@ -120,9 +108,9 @@ static inline float exp_f32(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     float y = p * (r * r) + r + 1.0f;
-    int32_t ni = (int32_t)(f32_bits(t) - 0x4B400000u), n1 = ni / 2, n2 = ni - n1;
-    return y * f32_from_bits((uint32_t)(n1 + 127) << 23) *
-           f32_from_bits((uint32_t)(n2 + 127) << 23);
+    int32_t ni = (int32_t)(nn_f32_bits(t) - 0x4B400000u), n1 = ni / 2, n2 = ni - n1;
+    return y * nn_f32_from_bits((uint32_t)(n1 + 127) << 23) *
+           nn_f32_from_bits((uint32_t)(n2 + 127) << 23);
 }
 
 static inline int thread_id(void)

@@ -3,13 +3,13 @@
  * QwenDoubleStreamAttnProcessor2_0, QwenEmbedRope) block by block. */
 #include "nn/qwen_image_dit.h"
 
-#include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/json_file.h"
 #include "nn/safetensors.h"
 
 #define DIT_EPS 1e-6f
@@ -49,17 +49,10 @@ static int json_int(json_t *root, const char *key, int lo, int hi, int *out, boo
 int dit_config_load(dit_config_t *c, const char *path, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
-    json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        snprintf(err, errlen, "%s:%d: %s", path, jerr.line, jerr.text);
+    json_t *root = nn_json_load_object(path, err, errlen);
+    if (!root)
         return -1;
-    }
     int rc = -1;
-    if (!json_is_object(root)) {
-        snprintf(err, errlen, "%s: not a JSON object", path);
-        goto out;
-    }
     c->patch_size = 2;
     c->in_channels = 64;
     c->out_channels = 16;

@@ -4,10 +4,11 @@
  * every intermediate is float32. The code below spells that out step by step. */
 #include "nn/scheduler.h"
 
-#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "nn/json_file.h"
 
 void sched_config_defaults(sched_config_t *c)
 {
@@ -48,20 +49,12 @@ static int json_flag(json_t *obj, const char *key, bool *out)
 int sched_config_load(sched_config_t *c, const char *path, char *err, size_t errlen)
 {
     sched_config_defaults(c);
-    json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        snprintf(err, errlen, "%s:%d: %s", path, jerr.line, jerr.text);
+    json_t *root = nn_json_load_object(path, err, errlen);
+    if (!root)
         return -1;
-    }
     int rc = -1;
     const char *bad = NULL;
     double d;
-    bool b;
-    if (!json_is_object(root)) {
-        snprintf(err, errlen, "%s: not a JSON object", path);
-        goto out;
-    }
     static const char *const unsupported[] = {"use_karras_sigmas", "use_exponential_sigmas",
                                               "use_beta_sigmas", "stochastic_sampling",
                                               "invert_sigmas"};
@@ -92,11 +85,9 @@ int sched_config_load(sched_config_t *c, const char *path, char *err, size_t err
     NUMBER("max_image_seq_len", 1, 1e9, c->max_image_seq_len = (int64_t)d);
     NUMBER("shift_terminal", 0, 0.999999, c->shift_terminal = d);
 #undef NUMBER
-    if (json_flag(root, "use_dynamic_shifting", &b) < 0) {
+    if (json_flag(root, "use_dynamic_shifting", &c->use_dynamic_shifting) < 0) {
         bad = "use_dynamic_shifting";
         goto bad_key;
-    } else {
-        json_flag(root, "use_dynamic_shifting", &c->use_dynamic_shifting);
     }
     json_t *type = json_object_get(root, "time_shift_type");
     if (type && !json_is_null(type)) {

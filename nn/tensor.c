@@ -124,28 +124,15 @@ const char *nn_shape_str(char *buf, size_t len, nn_dtype_t dtype, int ndim, cons
     return buf;
 }
 
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t w;
-    memcpy(&w, &f, sizeof w);
-    return w;
-}
-
-static inline float f32_from_bits(uint32_t w)
-{
-    float f;
-    memcpy(&f, &w, sizeof f);
-    return f;
-}
 
 float nn_bf16_to_f32(uint16_t h)
 {
-    return f32_from_bits((uint32_t)h << 16);
+    return nn_f32_from_bits((uint32_t)h << 16);
 }
 
 uint16_t nn_f32_to_bf16(float f)
 {
-    uint32_t w = f32_bits(f);
+    uint32_t w = nn_f32_bits(f);
     if ((w & 0x7fffffffu) > 0x7f800000u)
         return 0x7fc0; /* torch: every NaN becomes the positive quiet NaN */
     /* Adding 0x7fff, plus one when the kept lowest bit is odd, carries into the kept half
@@ -160,20 +147,20 @@ float nn_f16_to_f32(uint16_t h)
     uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t mant = h & 0x3ffu;
     if (exp == 0x1f) /* torch converts through an FP multiply, which quiets a signalling NaN */
-        return f32_from_bits(sign | 0x7f800000u | (mant != 0 ? 0x00400000u : 0) | (mant << 13));
+        return nn_f32_from_bits(sign | 0x7f800000u | (mant != 0 ? 0x00400000u : 0) | (mant << 13));
     if (exp != 0)
-        return f32_from_bits(sign | ((exp + 112) << 23) | (mant << 13));
+        return nn_f32_from_bits(sign | ((exp + 112) << 23) | (mant << 13));
     if (mant == 0)
-        return f32_from_bits(sign);
+        return nn_f32_from_bits(sign);
     /* Subnormal: mant x 2^-24. Normalise so that the leading one becomes the hidden bit. */
     int shift = __builtin_clz(mant) - 21; /* places to move the leading one up to bit 10 */
     mant = (mant << shift) & 0x3ffu;
-    return f32_from_bits(sign | ((uint32_t)(113 - shift) << 23) | (mant << 13));
+    return nn_f32_from_bits(sign | ((uint32_t)(113 - shift) << 23) | (mant << 13));
 }
 
 uint16_t nn_f32_to_f16(float f)
 {
-    uint32_t w = f32_bits(f);
+    uint32_t w = nn_f32_bits(f);
     uint16_t sign = (uint16_t)((w >> 16) & 0x8000u);
     uint32_t a = w & 0x7fffffffu;
     if (a > 0x7f800000u)
@@ -208,15 +195,15 @@ float nn_f8e4m3_to_f32(uint8_t b)
     uint32_t exp = (b >> 3) & 0xfu;
     uint32_t mant = b & 0x7u;
     if (exp == 0xf && mant == 0x7)
-        return f32_from_bits(sign | 0x7ff00000u); /* the bits torch's decoder produces */
+        return nn_f32_from_bits(sign | 0x7ff00000u); /* the bits torch's decoder produces */
     if (exp != 0)
-        return f32_from_bits(sign | ((exp + 120) << 23) | (mant << 20));
+        return nn_f32_from_bits(sign | ((exp + 120) << 23) | (mant << 20));
     if (mant == 0)
-        return f32_from_bits(sign);
+        return nn_f32_from_bits(sign);
     /* Subnormal: mant x 2^-9. */
     int shift = __builtin_clz(mant) - 28; /* places to move the leading one up to bit 3 */
     mant = (mant << shift) & 0x7u;
-    return f32_from_bits(sign | ((uint32_t)(121 - shift) << 23) | (mant << 20));
+    return nn_f32_from_bits(sign | ((uint32_t)(121 - shift) << 23) | (mant << 20));
 }
 
 /* The loaders' hot loop: a checkpoint's bf16 weights pass through here once, so it must run

@@ -56,6 +56,21 @@ uint16_t nn_f32_to_bf16(float f);
 float nn_f16_to_f32(uint16_t h);
 uint16_t nn_f32_to_f16(float f);
 float nn_f8e4m3_to_f32(uint8_t b);
+/* The bits of a float and back (memcpy: no aliasing games). */
+static inline uint32_t nn_f32_bits(float f)
+{
+    uint32_t w;
+    __builtin_memcpy(&w, &f, sizeof w);
+    return w;
+}
+
+static inline float nn_f32_from_bits(uint32_t w)
+{
+    float f;
+    __builtin_memcpy(&f, &w, sizeof f);
+    return f;
+}
+
 /* Converts n elements of src (of dtype) into f32; -1 for a dtype that is not a float type. */
 int nn_convert_to_f32(nn_dtype_t dtype, const void *src, float *dst, size_t n);
 

@@ -9,16 +9,11 @@
 #include <stdbool.h>
 #include <time.h>
 
+#include "tools/bench/bench_util.h"
 #include "nn/ops.h"
 #include "nn/philox.h"
 #include "nn/qwen_image_dit.h"
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 /* VmHWM (peak resident set) in KiB, from /proc/self/status; -1 if unreadable. */
 static long peak_rss_kib(void)
@@ -44,11 +39,6 @@ static int reset_peak_rss(void)
     return fclose(f) == 0 && ok ? 0 : -1;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {
@@ -75,13 +65,13 @@ int main(int argc, char **argv)
     char err[1024];
     if (nn_ctx_init_cpu(&ctx, threads) != 0)
         return 1;
-    double t0 = now_ms();
+    double t0 = (bench_now_s() * 1e3);
     dit_t *dit = dit_load(argv[1], &ctx, err, sizeof err);
     if (!dit) {
         fprintf(stderr, "bench_dit: %s\n", err);
         return 1;
     }
-    double load_ms = now_ms() - t0;
+    double load_ms = (bench_now_s() * 1e3) - t0;
     const dit_config_t *c = dit_config(dit);
     int64_t S = (int64_t)img_side * img_side, L = txt;
     int64_t out_ch = (int64_t)c->patch_size * c->patch_size * c->out_channels;
@@ -100,14 +90,14 @@ int main(int argc, char **argv)
      * the weights plus activations: measure it on its own. */
     bool forward_peak = reset_peak_rss() == 0;
     for (int r = 0; r < runs; r++) {
-        double a = now_ms();
+        double a = (bench_now_s() * 1e3);
         if (dit_forward(dit, &in, out, NULL, err, sizeof err) != 0) {
             fprintf(stderr, "bench_dit: %s\n", err);
             return 1;
         }
-        ms[r] = now_ms() - a;
+        ms[r] = (bench_now_s() * 1e3) - a;
     }
-    qsort(ms, (size_t)runs, sizeof *ms, cmp_double);
+    double median_ms = bench_median(ms, runs);
     long fwd_peak = forward_peak ? peak_rss_kib() : -1;
     printf("config: D=%d, %d heads of %d, %d layers; %lld image + %lld text tokens; %d threads\n",
            c->dim, c->num_attention_heads, c->attention_head_dim, c->num_layers, (long long)S,
@@ -116,7 +106,7 @@ int main(int argc, char **argv)
            "peak RSS of the forward %.1f MiB\n",
            (double)dit_weight_bytes(dit) / 1048576.0, load_ms, (double)load_peak / 1024.0,
            (double)fwd_peak / 1024.0);
-    printf("dit_forward_ms %.1f\n", ms[runs / 2]);
+    printf("dit_forward_ms %.1f\n", median_ms);
     free(ms);
     free(img);
     free(emb);

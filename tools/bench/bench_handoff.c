@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "tools/bench/bench_util.h"
 #include "ipc/pool.h"
 #include "ipc/proto.h"
 
@@ -32,24 +33,7 @@
 #define ROUNDS 200
 #define EVICT_BYTES (64u << 20)
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-static int64_t median(int64_t *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_i64);
-    return v[n / 2];
-}
 
 /* The consumer: receive a job, check and touch its tensor, release it, ack. */
 static int consumer(const char *instance, const char *dir)
@@ -75,7 +59,7 @@ static int consumer(const char *instance, const char *dir)
         if (msg->u.job.n_tensors == 0 && msg->u.job.attempt == 0)
             break; /* the end */
         if (msg->u.job.n_tensors == 0) { /* a job without a tensor: the messaging alone */
-            int64_t t_seen = now_ns();
+            int64_t t_seen = bench_now_ns();
             zmq_send(ack, &t_seen, sizeof t_seen, 0);
             continue;
         }
@@ -87,7 +71,7 @@ static int consumer(const char *instance, const char *dir)
             return 1;
         }
         sink ^= data[ref->bytes - 1];
-        int64_t t_held = now_ns();
+        int64_t t_held = bench_now_ns();
         pool_release(p, ref->offset, CONSUMER_GEN);
         zmq_send(ack, &t_held, sizeof t_held, 0);
     }
@@ -135,7 +119,7 @@ int main(int argc, char **argv)
     printf("%10s %12s %14s %12s %14s\n", "bytes", "handoff_us", "round_trip_us", "memcpy_us",
            "handoff/copy");
     proto_msg_t msg = {.type = PROTO_MSG_JOB};
-    int64_t t_hand[ROUNDS], t_round[ROUNDS], t_copy[ROUNDS];
+    double t_hand[ROUNDS], t_round[ROUNDS], t_copy[ROUNDS]; /* ns */
     uint8_t *copy_dst = malloc(256u << 20);
     if (!copy_dst)
         return 1;
@@ -154,18 +138,18 @@ int main(int argc, char **argv)
         msg.u.job.to_gen = CONSUMER_GEN;
         snprintf(msg.u.job.origin, sizeof msg.u.job.origin, "bench");
         proto_buf_t buf;
-        int64_t t0 = now_ns();
+        int64_t t0 = bench_now_ns();
         if (proto_encode(&msg, &buf, err, sizeof err) != 0)
             return 1;
         zmq_send(out, buf.data, buf.size, 0);
         proto_buf_free(&buf);
         if (zmq_recv(ack, &t_held, sizeof t_held, 0) != sizeof t_held)
             return 1;
-        t_round[r] = now_ns() - t0;
-        t_hand[r] = t_held - t0;
+        t_round[r] = (double)(bench_now_ns() - t0);
+        t_hand[r] = (double)(t_held - t0);
     }
-    printf("%10s %12.1f %14.1f %12s %14s\n", "no tensor", (double)median(t_hand, ROUNDS) / 1e3,
-           (double)median(t_round, ROUNDS) / 1e3, "-", "-");
+    printf("%10s %12.1f %14.1f %12s %14s\n", "no tensor", bench_median(t_hand, ROUNDS) / 1e3,
+           bench_median(t_round, ROUNDS) / 1e3, "-", "-");
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0] && rc == 0; k++) {
         uint64_t bytes = sizes[k];
         int rounds = bytes >= (64u << 20) ? ROUNDS / 4 : ROUNDS;
@@ -181,7 +165,7 @@ int main(int argc, char **argv)
             if (cold)
                 memset(evict, r, EVICT_BYTES);
 
-            int64_t t0 = now_ns();
+            int64_t t0 = bench_now_ns();
             proto_job_t *job = &msg.u.job;
             memset(job, 0, sizeof *job);
             job->id = (uint64_t)r;
@@ -206,18 +190,18 @@ int main(int argc, char **argv)
                 rc = 1;
                 break;
             }
-            t_round[r] = now_ns() - t0;
-            t_hand[r] = t_held - t0;
+            t_round[r] = (double)(bench_now_ns() - t0);
+            t_hand[r] = (double)(t_held - t0);
 
-            t0 = now_ns();
+            t0 = bench_now_ns();
             memcpy(copy_dst, data, bytes);
-            t_copy[r] = now_ns() - t0;
+            t_copy[r] = (double)(bench_now_ns() - t0);
             __asm__ volatile("" : : "r"(copy_dst) : "memory"); /* keep the copy */
         }
         if (rc)
             break;
-        double h = (double)median(t_hand, rounds) / 1e3, c = (double)median(t_copy, rounds) / 1e3;
-        double rt = (double)median(t_round, rounds) / 1e3;
+        double h = bench_median(t_hand, rounds) / 1e3, c = bench_median(t_copy, rounds) / 1e3;
+        double rt = bench_median(t_round, rounds) / 1e3;
         printf("%10llu %12.1f %14.1f %12.1f %13.4fx\n", (unsigned long long)bytes, h, rt, c, h / c);
     }
     msg.u.job.n_tensors = 0;

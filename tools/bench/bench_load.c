@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tools/bench/bench_util.h"
 #include "nn/safetensors.h"
 #include "nn/tensor.h"
 
@@ -43,24 +44,6 @@ static void on_signal(int sig)
     raise(sig);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[n / 2];
-}
 
 /* Finite bf16 values of either sign in [2^-7, 2) with random mantissas: weights' range. */
 static void fill_random(uint16_t *v, size_t n)
@@ -180,12 +163,12 @@ int main(int argc, char **argv)
 
     double t_read[ROUNDS], t_load[ROUNDS];
     for (int r = 0; r < ROUNDS; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (read_file(tmp_path, raw, file_bytes) != 0) {
             fprintf(stderr, "bench_load: %s: read failed\n", tmp_path);
             return 1;
         }
-        double t1 = now_s();
+        double t1 = bench_now_s();
         safetensors_t *st = safetensors_open(tmp_path, err, sizeof err);
         if (st == NULL) {
             fprintf(stderr, "bench_load: %s\n", err);
@@ -198,7 +181,7 @@ int main(int argc, char **argv)
                 return 1;
             }
         safetensors_close(&st);
-        double t2 = now_s();
+        double t2 = bench_now_s();
         t_read[r] = t1 - t0;
         t_load[r] = t2 - t1;
     }
@@ -219,7 +202,7 @@ int main(int argc, char **argv)
         }
     }
 
-    double read_s = median(t_read, ROUNDS), load_s = median(t_load, ROUNDS);
+    double read_s = bench_median(t_read, ROUNDS), load_s = bench_median(t_load, ROUNDS);
     double gb = (double)file_bytes / 1e9;
     printf("bench_load: %zu MiB of bf16 in %zu tensors of [%d,%d], page cache warm, median of "
            "%d rounds\n",

@@ -14,28 +14,11 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "tools/bench/bench_util.h"
 #include "nn/ops.h"
 
 #define REPS 9
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[n / 2];
-}
 
 static float *filled(size_t n, float scale)
 {
@@ -63,20 +46,20 @@ static void bench_linear(nn_ctx_t *ctx, int m, int k, int n)
     openblas_set_num_threads(1); /* what the context runs with */
     nn_linear(ctx, x, m, k, w, b, y, n); /* warm-up: threads, pages, caches */
     for (int r = 0; r < REPS; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         nn_linear(ctx, x, m, k, w, b, y, n);
-        t_nn[r] = now_s() - t0;
+        t_nn[r] = bench_now_s() - t0;
     }
     openblas_set_num_threads(ctx->threads);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);
     for (int r = 0; r < REPS; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f, y,
                     n);
-        t_bare[r] = now_s() - t0;
+        t_bare[r] = bench_now_s() - t0;
     }
     openblas_set_num_threads(1);
-    double flop = 2.0 * m * k * n, nn = median(t_nn, REPS), bare = median(t_bare, REPS);
+    double flop = 2.0 * m * k * n, nn = bench_median(t_nn, REPS), bare = bench_median(t_bare, REPS);
     printf("linear     m=%d k=%d n=%d: nn_linear %.1f GFLOP/s (%.1f ms), bare sgemm %.1f GFLOP/s "
            "(%.1f ms), ratio %.1f%%\n", m, k, n, flop / nn * 1e-9, nn * 1e3, flop / bare * 1e-9,
            bare * 1e3, 100.0 * bare / nn);
@@ -94,11 +77,11 @@ static void bench_attention(nn_ctx_t *ctx, int tokens, int heads, int head_dim)
     const float scale = 1.0f / 11.3137085f;
     nn_attention(ctx, q, tokens, k, v, tokens, heads, head_dim, NULL, scale, out);
     for (int r = 0; r < REPS; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         nn_attention(ctx, q, tokens, k, v, tokens, heads, head_dim, NULL, scale, out);
-        t[r] = now_s() - t0;
+        t[r] = bench_now_s() - t0;
     }
-    double s = median(t, REPS), flop = 4.0 * tokens * tokens * head_dim * heads;
+    double s = bench_median(t, REPS), flop = 4.0 * tokens * tokens * head_dim * heads;
     printf("attention  %d tokens, %d heads x %d: %.1f ms (%.1f GFLOP/s)\n", tokens, heads,
            head_dim, s * 1e3, flop / s * 1e-9);
     free(q);
