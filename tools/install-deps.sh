@@ -14,6 +14,7 @@ packages=(
   libopenblas-dev                                     # CPU GEMM
   libinih-dev                                         # config file parser
   libjansson-dev                                      # JSON (model configs, safetensors headers)
+  libpcre2-dev libutf8proc-dev                        # tokenizer: Unicode regex, NFC normalisation
   libcmocka-dev                                       # C unit-test framework
   python3 python3-pytest                              # process tests (pytest)
 )
