@@ -147,7 +147,7 @@ def write_tensors(path, tensors, metadata):
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
     header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(text) > n:
         raise RuntimeError(f"{path}: the sorted header does not fit where the original was")
     path.write_bytes(data[:8] + text + b" " * (n - len(text)) + data[8 + n:])
