@@ -28,6 +28,8 @@ bool nn_supports(const nn_ctx_t *ctx, nn_op_t op)
     case NN_OP_GELU_TANH:          return b->gelu_tanh != NULL;
     case NN_OP_SILU:               return b->silu != NULL;
     case NN_OP_ROPE:               return b->rope != NULL;
+    case NN_OP_ROPE_HALF:          return b->rope_half != NULL;
+    case NN_OP_SILU_MUL:           return b->silu_mul != NULL;
     case NN_OP_ATTENTION:          return b->attention != NULL;
     case NN_OP_TIMESTEP_EMBEDDING: return b->timestep_embedding != NULL;
     case NN_OP_COUNT:              break;

@@ -23,6 +23,8 @@ typedef enum {
     NN_OP_GELU_TANH,
     NN_OP_SILU,
     NN_OP_ROPE,
+    NN_OP_ROPE_HALF,
+    NN_OP_SILU_MUL,
     NN_OP_ATTENTION,
     NN_OP_TIMESTEP_EMBEDDING,
     NN_OP_COUNT
@@ -47,9 +49,13 @@ typedef struct {
     void (*silu)(nn_ctx_t *ctx, float *x, int64_t n);
     void (*rope)(nn_ctx_t *ctx, float *x, int64_t tokens, int64_t heads, int64_t head_dim,
                  const float *cos, const float *sin);
+    void (*rope_half)(nn_ctx_t *ctx, float *x, int64_t tokens, int64_t heads,
+                      int64_t head_dim, const float *cos, const float *sin);
+    void (*silu_mul)(nn_ctx_t *ctx, float *x, const float *y, int64_t n);
     void (*attention)(nn_ctx_t *ctx, const float *q, int64_t q_len, const float *k,
-                      const float *v, int64_t kv_len, int64_t heads, int64_t head_dim,
-                      const float *key_mask, float scale, float *out);
+                      const float *v, int64_t kv_len, int64_t heads, int64_t kv_heads,
+                      int64_t head_dim, const float *key_mask, bool causal, float scale,
+                      float *out);
     void (*timestep_embedding)(nn_ctx_t *ctx, const float *t, int64_t n, int64_t dim,
                                float scale, float *out);
     void (*ctx_free)(nn_ctx_t *ctx);  /* releases ctx->impl; NULL: the backend keeps none */
@@ -113,12 +119,26 @@ static inline void nn_gated_add(nn_ctx_t *c, float *x, int64_t rows, int64_t dim
 static inline void nn_gelu_tanh(nn_ctx_t *c, float *x, int64_t n) { c->backend->gelu_tanh(c, x, n); }
 static inline void nn_silu(nn_ctx_t *c, float *x, int64_t n) { c->backend->silu(c, x, n); }
 
+/* The gated MLP's activation, in place: x = silu(x) * y, the SiLU rounded before the product
+ * (torch's act_fn(gate) * up). */
+static inline void nn_silu_mul(nn_ctx_t *c, float *x, const float *y, int64_t n)
+{ c->backend->silu_mul(c, x, y, n); }
+
 /* Rotary embedding on interleaved complex pairs, in place: x [tokens, heads, head_dim]; for
  * each token t and pair j < head_dim/2, (x[2j], x[2j+1]) is rotated by the angle whose cosine
  * and sine are cos[t, j] and sin[t, j] (both [tokens, head_dim/2], the same for every head). */
 static inline void nn_rope(nn_ctx_t *c, float *x, int64_t tokens, int64_t heads,
                            int64_t head_dim, const float *cos, const float *sin)
 { c->backend->rope(c, x, tokens, heads, head_dim, cos, sin); }
+
+/* Rotary embedding in the rotate-half form (transformers' Qwen2 and Llama families), in
+ * place: x [tokens, heads, head_dim]; with h = head_dim/2, element j < h pairs with j + h:
+ * x[j]' = x[j] cos[t, j] - x[j+h] sin[t, j], x[j+h]' = x[j+h] cos[t, j] + x[j] sin[t, j],
+ * each product rounded before the sum as torch's q*cos + rotate_half(q)*sin. cos and sin are
+ * [tokens, head_dim/2] (the reference's tables repeat them over both halves). */
+static inline void nn_rope_half(nn_ctx_t *c, float *x, int64_t tokens, int64_t heads,
+                                int64_t head_dim, const float *cos, const float *sin)
+{ c->backend->rope_half(c, x, tokens, heads, head_dim, cos, sin); }
 
 /* Softmax attention of one sample, not causal: q [q_len, heads, head_dim], k and v
  * [kv_len, heads, head_dim], out [q_len, heads, head_dim]. key_mask [kv_len] (NULL: all keys)
@@ -130,7 +150,25 @@ static inline void nn_rope(nn_ctx_t *c, float *x, int64_t tokens, int64_t heads,
 static inline void nn_attention(nn_ctx_t *c, const float *q, int64_t q_len, const float *k,
                                 const float *v, int64_t kv_len, int64_t heads,
                                 int64_t head_dim, const float *key_mask, float scale, float *out)
-{ c->backend->attention(c, q, q_len, k, v, kv_len, heads, head_dim, key_mask, scale, out); }
+{
+    c->backend->attention(c, q, q_len, k, v, kv_len, heads, heads, head_dim, key_mask, false,
+                          scale, out);
+}
+
+/* Causal attention with grouped key/value heads (GQA), as a decoder's self-attention: q and
+ * out [q_len, heads, head_dim], k and v [kv_len, kv_heads, head_dim], heads a multiple of
+ * kv_heads; query head h reads kv head h / (heads / kv_heads). Query i sees key j only when
+ * j <= i + (kv_len - q_len) (the queries are the last q_len positions) and key_mask[j] != 0.
+ * Otherwise as nn_attention: the same bits for a query whatever q_len, and a masked or
+ * future key is as good as absent. */
+static inline void nn_causal_attention(nn_ctx_t *c, const float *q, int64_t q_len,
+                                       const float *k, const float *v, int64_t kv_len,
+                                       int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                       const float *key_mask, float scale, float *out)
+{
+    c->backend->attention(c, q, q_len, k, v, kv_len, heads, kv_heads, head_dim, key_mask, true,
+                          scale, out);
+}
 
 /* Sinusoidal timestep embedding, cos half first (diffusers' get_timestep_embedding with
  * flip_sin_to_cos=True, downscale_freq_shift=0, max_period 10000): for i < dim/2,

@@ -315,6 +315,40 @@ static void cpu_silu(nn_ctx_t *ctx, float *x, int64_t n)
 #endif
 }
 
+/* torch's act_fn(gate) * up: the SiLU rounded, then the product. */
+static ALWAYS_INLINE void silu_mul_span(float *x, const float *y, int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) {
+        float s = x[i] / (1.0f + exp_f32(-x[i]));
+        x[i] = s * y[i];
+    }
+}
+
+static void silu_mul_any(float *x, const float *y, int64_t n) { silu_mul_span(x, y, n); }
+#ifdef HAVE_X86_PATHS
+__attribute__((target("avx2"))) static void silu_mul_avx2(float *x, const float *y, int64_t n)
+{
+    silu_mul_span(x, y, n);
+}
+#endif
+
+static void cpu_silu_mul(nn_ctx_t *ctx, float *x, const float *y, int64_t n)
+{
+    const cpu_state_t *st = ctx->impl;
+    void (*span)(float *, const float *, int64_t) = silu_mul_any;
+#ifdef HAVE_X86_PATHS
+    if (st->avx2)
+        span = silu_mul_avx2;
+#endif
+    const int64_t chunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
+#pragma omp parallel for num_threads(ctx->threads) if (n >= PAR_MIN) schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t from = c * ELEM_CHUNK, len = n - from < ELEM_CHUNK ? n - from : ELEM_CHUNK;
+        span(x + from, y + from, len);
+    }
+}
+
 /* diffusers' apply_rotary_emb_qwen (use_real=False): a complex product per pair, rounded as
  * torch's (ac - bd, ad + bc). */
 static void cpu_rope(nn_ctx_t *ctx, float *x, int64_t tokens, int64_t heads, int64_t head_dim,
@@ -333,6 +367,29 @@ static void cpu_rope(nn_ctx_t *ctx, float *x, int64_t tokens, int64_t heads, int
                 float a = xh[2 * j], b = xh[2 * j + 1];
                 xh[2 * j] = a * c[j] - b * s[j];
                 xh[2 * j + 1] = a * s[j] + b * c[j];
+            }
+        }
+    }
+}
+
+/* transformers' apply_rotary_pos_emb: x * cos + rotate_half(x) * sin, where rotate_half(x) is
+ * (-x[h:], x[:h]); each product rounded, then the sum. */
+static void cpu_rope_half(nn_ctx_t *ctx, float *x, int64_t tokens, int64_t heads,
+                          int64_t head_dim, const float *cos, const float *sin)
+{
+    assert(head_dim % 2 == 0);
+    int64_t half = head_dim / 2;
+#pragma omp parallel for num_threads(ctx->threads) if (tokens * heads * head_dim >= PAR_MIN) \
+    schedule(static)
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *c = cos + t * half, *s = sin + t * half;
+        for (int64_t h = 0; h < heads; h++) {
+            float *lo = x + (t * heads + h) * head_dim, *hi = lo + half;
+#pragma omp simd
+            for (int64_t j = 0; j < half; j++) {
+                float a = lo[j], b = hi[j];
+                lo[j] = a * c[j] + -b * s[j];
+                hi[j] = b * c[j] + a * s[j];
             }
         }
     }
@@ -524,14 +581,18 @@ static inline void pv_6x16_fma(const float *sT, const float *vt, int nk, int64_t
 /* One head and one block of up to ATT_BQ queries, flash-attention style: for each tile of up
  * to ATT_BK unmasked keys, the scores, then per query the running max, p = e^(s - max), the
  * rescale of what was summed so far, and O = O * corr + P V; O / sum at the end. Tiles hold
- * unmasked keys only, so a masked key moves no tile boundary: it is as good as absent. */
+ * unmasked keys only, so a masked key moves no tile boundary: it is as good as absent.
+ * Causal: the block's tiles stop after the last key its last query sees, and a query's score
+ * for a later key is -inf, so p = 0 and its sums gain exact zeros: the same bits as if the
+ * key were absent, whatever the block holds. */
 static ALWAYS_INLINE void attention_block(const float *q, int64_t q_len, const float *k,
                                           const float *v, int64_t kv_len, int64_t heads,
-                                          int64_t d, const float *key_mask, float scale,
-                                          float *out, int64_t h, int64_t qb, float *tiles,
-                                          bool fma)
+                                          int64_t kv_heads, int64_t d, const float *key_mask,
+                                          bool causal, float scale, float *out, int64_t h,
+                                          int64_t qb, float *tiles, bool fma)
 {
-    const int64_t stride = heads * d, dp = (d + 15) / 16 * 16;
+    const int64_t stride = heads * d, kv_stride = kv_heads * d, dp = (d + 15) / 16 * 16;
+    const int64_t kh = h / (heads / kv_heads); /* the kv head this query head reads */
     float *qT = tiles;
     float *kt = qT + dp * ATT_BQ;
     float *vt = kt + ATT_BK * dp;
@@ -542,8 +603,14 @@ static ALWAYS_INLINE void attention_block(const float *q, int64_t q_len, const f
     float *corr = sum + ATT_BQ;      /* this tile's rescale of o and sum */
     float *m_use = corr + ATT_BQ;    /* the max that p is taken against (0 while none) */
     float *tsum = m_use + ATT_BQ;    /* this tile's sum of p */
+    int64_t *key_at = (int64_t *)(void *)(tsum + ATT_BQ); /* [ATT_BK] each tile row's key */
     const int64_t q0 = qb * ATT_BQ;
     const int64_t nq = q_len - q0 < ATT_BQ ? q_len - q0 : ATT_BQ;
+    /* causal: query i sees key j when j <= i + shift; the block needs keys below key_end */
+    const int64_t shift = kv_len - q_len;
+    int64_t key_end = kv_len;
+    if (causal && q0 + nq + shift < key_end)
+        key_end = q0 + nq + shift > 0 ? q0 + nq + shift : 0;
     /* computed: nq6 rows of o (the PV kernel's 6), nl lanes of sT (the QK kernel's 16); the
      * padding queries are zeros, their results unused */
     const int64_t nq6 = (nq + 5) / 6 * 6, nl = (nq6 + 15) / 16 * 16;
@@ -563,11 +630,12 @@ static ALWAYS_INLINE void attention_block(const float *q, int64_t q_len, const f
     int64_t next = 0; /* the first key not yet in a tile */
     for (;;) {
         int nk = 0;
-        for (; next < kv_len && nk < ATT_BK; next++) {
+        for (; next < key_end && nk < ATT_BK; next++) {
             if (key_mask && key_mask[next] == 0.0f)
                 continue;
-            memcpy(kt + nk * dp, k + next * stride + h * d, (size_t)d * sizeof(float));
-            memcpy(vt + nk * dp, v + next * stride + h * d, (size_t)d * sizeof(float));
+            memcpy(kt + nk * dp, k + next * kv_stride + kh * d, (size_t)d * sizeof(float));
+            memcpy(vt + nk * dp, v + next * kv_stride + kh * d, (size_t)d * sizeof(float));
+            key_at[nk] = next;
             nk++;
         }
         if (nk == 0)
@@ -583,6 +651,14 @@ static ALWAYS_INLINE void attention_block(const float *q, int64_t q_len, const f
                 }
 #endif
                 qk_6x16(qT, kt, dp, scale, sT, i, j);
+            }
+        if (causal)
+            for (int j = 0; j < nk; j++) {
+                /* lanes i < key - q0 - shift are queries before this key */
+                int64_t blind = key_at[j] - q0 - shift;
+                float *sj = sT + j * ATT_BQ;
+                for (int64_t i = 0; i < (blind < nl ? blind : nl); i++)
+                    sj[i] = -INFINITY;
             }
 
         for (int64_t i = 0; i < nl; i++)
@@ -643,33 +719,38 @@ static ALWAYS_INLINE void attention_block(const float *q, int64_t q_len, const f
 #ifdef HAVE_X86_PATHS
 __attribute__((target("avx2,fma")))
 static void attention_block_fma(const float *q, int64_t q_len, const float *k, const float *v,
-                                int64_t kv_len, int64_t heads, int64_t d, const float *key_mask,
-                                float scale, float *out, int64_t h, int64_t qb, float *tiles)
+                                int64_t kv_len, int64_t heads, int64_t kv_heads, int64_t d,
+                                const float *key_mask, bool causal, float scale, float *out,
+                                int64_t h, int64_t qb, float *tiles)
 {
-    attention_block(q, q_len, k, v, kv_len, heads, d, key_mask, scale, out, h, qb, tiles, true);
+    attention_block(q, q_len, k, v, kv_len, heads, kv_heads, d, key_mask, causal, scale, out, h,
+                    qb, tiles, true);
 }
 #endif
 
 static void attention_block_any(const float *q, int64_t q_len, const float *k, const float *v,
-                                int64_t kv_len, int64_t heads, int64_t d, const float *key_mask,
-                                float scale, float *out, int64_t h, int64_t qb, float *tiles)
+                                int64_t kv_len, int64_t heads, int64_t kv_heads, int64_t d,
+                                const float *key_mask, bool causal, float scale, float *out,
+                                int64_t h, int64_t qb, float *tiles)
 {
-    attention_block(q, q_len, k, v, kv_len, heads, d, key_mask, scale, out, h, qb, tiles, false);
+    attention_block(q, q_len, k, v, kv_len, heads, kv_heads, d, key_mask, causal, scale, out, h,
+                    qb, tiles, false);
 }
 
 static void cpu_attention(nn_ctx_t *ctx, const float *q, int64_t q_len, const float *k,
-                          const float *v, int64_t kv_len, int64_t heads, int64_t head_dim,
-                          const float *key_mask, float scale, float *out)
+                          const float *v, int64_t kv_len, int64_t heads, int64_t kv_heads,
+                          int64_t head_dim, const float *key_mask, bool causal, float scale,
+                          float *out)
 {
     const cpu_state_t *st = ctx->impl;
     assert(head_dim > 0 && head_dim <= NN_ATTENTION_MAX_HEAD_DIM);
-    assert(q_len >= 0 && kv_len >= 0 && heads >= 0);
+    assert(q_len >= 0 && kv_len >= 0 && heads >= 0 && kv_heads > 0 && heads % kv_heads == 0);
     if (q_len == 0 || heads == 0)
         return;
     const int64_t nqb = (q_len + ATT_BQ - 1) / ATT_BQ, items = heads * nqb;
     void (*block)(const float *, int64_t, const float *, const float *, int64_t, int64_t,
-                  int64_t, const float *, float, float *, int64_t, int64_t, float *) =
-        attention_block_any;
+                  int64_t, int64_t, const float *, bool, float, float *, int64_t, int64_t,
+                  float *) = attention_block_any;
 #ifdef HAVE_X86_PATHS
     if (st->fma)
         block = attention_block_fma;
@@ -678,8 +759,8 @@ static void cpu_attention(nn_ctx_t *ctx, const float *q, int64_t q_len, const fl
      * the same bits. */
 #pragma omp parallel for num_threads(st->threads) schedule(static)
     for (int64_t it = 0; it < items; it++)
-        block(q, q_len, k, v, kv_len, heads, head_dim, key_mask, scale, out, it / nqb, it % nqb,
-              st->tiles + (size_t)thread_id() * st->tile_floats);
+        block(q, q_len, k, v, kv_len, heads, kv_heads, head_dim, key_mask, causal, scale, out,
+              it / nqb, it % nqb, st->tiles + (size_t)thread_id() * st->tile_floats);
 }
 
 /* ---- timestep embedding ----------------------------------------------------------------- */
@@ -730,6 +811,8 @@ static const nn_backend_t cpu_backend = {
     .gelu_tanh = cpu_gelu_tanh,
     .silu = cpu_silu,
     .rope = cpu_rope,
+    .rope_half = cpu_rope_half,
+    .silu_mul = cpu_silu_mul,
     .attention = cpu_attention,
     .timestep_embedding = cpu_timestep_embedding,
     .ctx_free = cpu_ctx_free,
@@ -746,7 +829,8 @@ int nn_ctx_init_cpu(nn_ctx_t *ctx, int threads)
     if (!st)
         return -1;
     const size_t d = NN_ATTENTION_MAX_HEAD_DIM;
-    size_t tile = 2 * (ATT_BQ + ATT_BK) * d + ATT_BQ * ATT_BK + 5 * ATT_BQ;
+    /* qT, kt, vt, o; sT; mx, sum, corr, m_use, tsum; key_at (int64) */
+    size_t tile = 2 * (ATT_BQ + ATT_BK) * d + ATT_BQ * ATT_BK + 5 * ATT_BQ + 2 * ATT_BK;
     tile = (tile + 15) / 16 * 16;
     st->threads = threads;
 #ifdef HAVE_X86_PATHS

@@ -514,6 +514,78 @@ static void test_rope(void **state)
     }
 }
 
+static void test_rope_half(void **state)
+{
+    (void)state;
+    /* One token, one head of 4: pair (0, 2) turned by 90 degrees, pair (1, 3) by 180. */
+    float x[] = {1, 2, 3, 4};
+    const float c0[] = {0, -1}, s0[] = {1, 0};
+    nn_rope_half(&g_ctx1, x, 1, 1, 4, c0, s0);
+    const float want[] = {-3, -2, 1, -4};
+    check_same_bits("rope_half pairs", x, want, 4);
+
+    static const int64_t shapes[][3] = {{1, 1, 16}, {5, 3, 16}, {7, 28, 128}, {130, 4, 64}};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof *shapes; sh++) {
+        const int64_t tokens = shapes[sh][0], heads = shapes[sh][1], hd = shapes[sh][2];
+        const int64_t n = tokens * heads * hd, half = hd / 2;
+        seed(850 + sh);
+        float *in = rnd(n, 2, 0), *ang = rnd(tokens * half, 40, 0);
+        float *c = zalloc((size_t)(tokens * half) * 4), *s = zalloc((size_t)(tokens * half) * 4);
+        for (int64_t i = 0; i < tokens * half; i++) {
+            c[i] = (float)cos(ang[i]);
+            s[i] = (float)sin(ang[i]);
+        }
+        float *y = copy(in, n), *y1 = copy(in, n);
+        nn_rope_half(&g_ctx2, y, tokens, heads, hd, c, s);
+        nn_rope_half(&g_ctx1, y1, tokens, heads, hd, c, s);
+        check_same_bits("rope_half: 1 vs 2 threads", y, y1, n);
+        for (int64_t t = 0; t < tokens; t++)
+            for (int64_t h = 0; h < heads; h++)
+                for (int64_t j = 0; j < half; j++) {
+                    int64_t i = (t * heads + h) * hd + j;
+                    float a = in[i], b = in[i + half], cc = c[t * half + j], ss = s[t * half + j];
+                    /* exactly torch's roundings: two products, then their sum */
+                    float lo = a * cc + -b * ss, hi = b * cc + a * ss;
+                    check_same_bits("rope_half lo", &y[i], &lo, 1);
+                    check_same_bits("rope_half hi", &y[i + half], &hi, 1);
+                }
+        free(in);
+        free(ang);
+        free(c);
+        free(s);
+        free(y);
+        free(y1);
+    }
+}
+
+static void test_silu_mul(void **state)
+{
+    (void)state;
+    const int64_t n = 20011;
+    seed(710);
+    float *x = rnd(n, 12, 0), *y = rnd(n, 3, 0);
+    memcpy(x, g_special, sizeof g_special);
+    float *gate = copy(x, n), *fused = copy(x, n);
+    nn_silu(&g_ctx2, gate, n);
+    nn_silu_mul(&g_ctx2, fused, y, n);
+    for (int64_t i = 0; i < n; i++) { /* the SiLU's bits, then one rounded product */
+        float want = gate[i] * y[i];
+        check_same_bits("silu_mul", &fused[i], &want, 1);
+    }
+    float *one = copy(x, n);
+    nn_silu_mul(&g_ctx1, one, y, n);
+    check_same_bits("silu_mul: 1 vs 2 threads", one, fused, n);
+    float *port = copy(x, n);
+    nn_silu_mul(&g_port2, port, y, n);
+    check_same_bits("silu_mul: portable", port, fused, n);
+    free(x);
+    free(y);
+    free(gate);
+    free(fused);
+    free(one);
+    free(port);
+}
+
 /* ---- rounding order ------------------------------------------------------------------- */
 
 /* Where a row-wise op can round exactly as torch's f32 kernels do, it must: each product and
@@ -603,9 +675,11 @@ static float *make_mask(int kind, int64_t kv_len)
  * each output also the largest |v| among the kept keys and the largest |score|: the error of
  * a float softmax scales with both. */
 static void attention_ref(const float *q, int64_t q_len, const float *k, const float *v,
-                          int64_t kv_len, int64_t heads, int64_t hd, const float *mask,
-                          double scale, double *out, double *vmax, double *smax)
+                          int64_t kv_len, int64_t heads, int64_t kv_heads, int64_t hd,
+                          const float *mask, bool causal, double scale, double *out,
+                          double *vmax, double *smax)
 {
+    const int64_t group = heads / kv_heads, shift = kv_len - q_len;
     double *sc = malloc((size_t)(kv_len > 0 ? kv_len : 1) * sizeof *sc);
     assert_non_null(sc);
     for (int64_t i = 0; i < q_len; i++)
@@ -613,9 +687,9 @@ static void attention_ref(const float *q, int64_t q_len, const float *k, const f
             const float *qi = q + (i * heads + h) * hd;
             double mx = -INFINITY, sum = 0, vm = 0, sm = 0;
             for (int64_t j = 0; j < kv_len; j++) {
-                if (mask && mask[j] == 0)
+                if ((mask && mask[j] == 0) || (causal && j > i + shift))
                     continue;
-                const float *kj = k + (j * heads + h) * hd;
+                const float *kj = k + (j * kv_heads + h / group) * hd;
                 double d = 0;
                 for (int64_t c = 0; c < hd; c++)
                     d += (double)qi[c] * kj[c];
@@ -626,11 +700,11 @@ static void attention_ref(const float *q, int64_t q_len, const float *k, const f
             double *o = out + (i * heads + h) * hd;
             memset(o, 0, (size_t)hd * sizeof *o);
             for (int64_t j = 0; j < kv_len; j++) {
-                if (mask && mask[j] == 0)
+                if ((mask && mask[j] == 0) || (causal && j > i + shift))
                     continue;
                 double p = exp(sc[j] - mx);
                 sum += p;
-                const float *vj = v + (j * heads + h) * hd;
+                const float *vj = v + (j * kv_heads + h / group) * hd;
                 for (int64_t c = 0; c < hd; c++) {
                     o[c] += p * vj[c];
                     vm = fmax(vm, fabs(vj[c]));
@@ -667,8 +741,8 @@ static void check_attention(nn_ctx_t *c1, nn_ctx_t *c2)
 
         nn_attention(c2, q, cs->q_len, k, v, cs->kv_len, cs->heads, cs->hd, mask, scale,
                      out);
-        attention_ref(q, cs->q_len, k, v, cs->kv_len, cs->heads, cs->hd, mask, scale, ref,
-                      vmax, smax);
+        attention_ref(q, cs->q_len, k, v, cs->kv_len, cs->heads, cs->heads, cs->hd, mask, false,
+                      scale, ref, vmax, smax);
         char what[96];
         snprintf(what, sizeof what, "attention case %zu (q %lld kv %lld h %lld d %lld)", ci,
                  (long long)cs->q_len, (long long)cs->kv_len, (long long)cs->heads,
@@ -767,6 +841,93 @@ static void test_attention_portable(void **state)
     free(v);
     free(a);
     free(b);
+}
+
+/* Causal attention with grouped kv heads: against the reference, 1 vs 2 threads, default vs
+ * portable loops, each query alone with the keys it may see (a future key is as good as
+ * absent), and GQA equal to the same heads with each kv head repeated. */
+typedef struct {
+    int64_t q_len, kv_len, heads, kv_heads, hd;
+    int mask; /* as make_mask */
+} causal_case_t;
+
+static void test_causal_attention(void **state)
+{
+    (void)state;
+    static const causal_case_t cases[] = {
+        {1, 1, 1, 1, 16, 0},     {7, 7, 4, 2, 16, 0},    {7, 7, 4, 2, 16, 1},
+        {130, 130, 4, 1, 32, 0}, {97, 97, 6, 3, 16, 1},  {250, 250, 2, 2, 128, 3},
+        {5, 12, 2, 1, 16, 0},    {300, 300, 2, 1, 64, 1},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const causal_case_t *cs = &cases[ci];
+        const int64_t row = cs->heads * cs->hd, kvrow = cs->kv_heads * cs->hd;
+        const int64_t qn = cs->q_len * row, kn = cs->kv_len * kvrow;
+        const int64_t shift = cs->kv_len - cs->q_len;
+        seed(1100 + ci);
+        float *q = rnd(qn, 1, 0), *k = rnd(kn, 1, 0), *v = rnd(kn, 1, 0.2);
+        float *mask = make_mask(cs->mask, cs->kv_len);
+        const float scale = 1.0f / sqrtf((float)cs->hd);
+        float *out = zalloc((size_t)qn * 4), *out1 = zalloc((size_t)qn * 4);
+        double *ref = zalloc((size_t)qn * sizeof *ref);
+        double *vmax = zalloc((size_t)(cs->q_len * cs->heads) * sizeof *vmax);
+        double *smax = zalloc((size_t)(cs->q_len * cs->heads) * sizeof *smax);
+        char what[96];
+        snprintf(what, sizeof what, "causal attention case %zu (q %lld kv %lld h %lld/%lld)", ci,
+                 (long long)cs->q_len, (long long)cs->kv_len, (long long)cs->heads,
+                 (long long)cs->kv_heads);
+
+        nn_causal_attention(&g_ctx2, q, cs->q_len, k, v, cs->kv_len, cs->heads, cs->kv_heads,
+                            cs->hd, mask, scale, out);
+        attention_ref(q, cs->q_len, k, v, cs->kv_len, cs->heads, cs->kv_heads, cs->hd, mask,
+                      true, scale, ref, vmax, smax);
+        for (int64_t i = 0; i < qn; i++) {
+            int64_t r = i / cs->hd;
+            check_close(what, i, out[i], ref[i], 2e-6 * (1 + smax[r]) * vmax[r] + 1e-30);
+        }
+
+        nn_causal_attention(&g_ctx1, q, cs->q_len, k, v, cs->kv_len, cs->heads, cs->kv_heads,
+                            cs->hd, mask, scale, out1);
+        check_same_bits("causal attention: 1 vs 2 threads", out, out1, qn);
+
+        nn_causal_attention(&g_port2, q, cs->q_len, k, v, cs->kv_len, cs->heads, cs->kv_heads,
+                            cs->hd, mask, scale, out1);
+        for (int64_t i = 0; i < qn; i++)
+            check_close("causal attention: default vs portable", i, out1[i], out[i], 4e-6);
+
+        /* query i alone, as the last of i + 1 + shift positions */
+        for (int64_t i = 0; i < cs->q_len; i += cs->q_len / 9 + 1) {
+            nn_causal_attention(&g_ctx2, q + i * row, 1, k, v, i + 1 + shift, cs->heads,
+                                cs->kv_heads, cs->hd, mask, scale, out1);
+            check_same_bits("causal attention: query alone", out1, out + i * row, row);
+        }
+
+        /* every kv head repeated for its group of query heads: the same bits */
+        const int64_t group = cs->heads / cs->kv_heads;
+        float *kx = zalloc((size_t)(cs->kv_len * row) * 4), *vx = zalloc((size_t)(cs->kv_len * row) * 4);
+        for (int64_t j = 0; j < cs->kv_len; j++)
+            for (int64_t h = 0; h < cs->heads; h++) {
+                memcpy(kx + j * row + h * cs->hd, k + j * kvrow + (h / group) * cs->hd,
+                       (size_t)cs->hd * 4);
+                memcpy(vx + j * row + h * cs->hd, v + j * kvrow + (h / group) * cs->hd,
+                       (size_t)cs->hd * 4);
+            }
+        nn_causal_attention(&g_ctx2, q, cs->q_len, kx, vx, cs->kv_len, cs->heads, cs->heads,
+                            cs->hd, mask, scale, out1);
+        check_same_bits("causal attention: GQA vs repeated kv heads", out1, out, qn);
+
+        free(kx);
+        free(vx);
+        free(q);
+        free(k);
+        free(v);
+        free(mask);
+        free(out);
+        free(out1);
+        free(ref);
+        free(vmax);
+        free(smax);
+    }
 }
 
 /* One key: the output is that key's value, whatever the score (e^0 / e^0). */
@@ -873,10 +1034,13 @@ int main(void)
         cmocka_unit_test(test_silu),
         cmocka_unit_test(test_rope_pairs),
         cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_half),
+        cmocka_unit_test(test_silu_mul),
         cmocka_unit_test(test_torch_rounding_order),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_portable),
         cmocka_unit_test(test_attention_one_key),
+        cmocka_unit_test(test_causal_attention),
         cmocka_unit_test(test_timestep_embedding),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
