@@ -28,24 +28,6 @@ size_t dit_weight_bytes(const dit_t *dit) { return dit->w.n_floats * sizeof(floa
 
 /* ---- config.json ---------------------------------------------------------------------------- */
 
-static int json_int(json_t *root, const char *key, int lo, int hi, int *out, bool required,
-                    const char *path, char *err, size_t errlen)
-{
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v)) {
-        if (!required)
-            return 0;
-        snprintf(err, errlen, "%s: missing %s", path, key);
-        return -1;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
-        snprintf(err, errlen, "%s: %s must be an integer in %d..%d", path, key, lo, hi);
-        return -1;
-    }
-    *out = (int)json_integer_value(v);
-    return 0;
-}
-
 int dit_config_load(dit_config_t *c, const char *path, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
@@ -63,20 +45,20 @@ int dit_config_load(dit_config_t *c, const char *path, char *err, size_t errlen)
     c->axes_dims_rope[0] = 16;
     c->axes_dims_rope[1] = 56;
     c->axes_dims_rope[2] = 56;
-    if (json_int(root, "patch_size", 1, 16, &c->patch_size, false, path, err, errlen) ||
-        json_int(root, "in_channels", 1, 1 << 16, &c->in_channels, false, path, err, errlen) ||
-        json_int(root, "num_layers", 1, 1024, &c->num_layers, false, path, err, errlen) ||
-        json_int(root, "attention_head_dim", 2, NN_ATTENTION_MAX_HEAD_DIM,
+    if (nn_json_int(root, "patch_size", 1, 16, &c->patch_size, false, path, err, errlen) ||
+        nn_json_int(root, "in_channels", 1, 1 << 16, &c->in_channels, false, path, err, errlen) ||
+        nn_json_int(root, "num_layers", 1, 1024, &c->num_layers, false, path, err, errlen) ||
+        nn_json_int(root, "attention_head_dim", 2, NN_ATTENTION_MAX_HEAD_DIM,
                  &c->attention_head_dim, false, path, err, errlen) ||
-        json_int(root, "num_attention_heads", 1, 1024, &c->num_attention_heads, false, path,
+        nn_json_int(root, "num_attention_heads", 1, 1024, &c->num_attention_heads, false, path,
                  err, errlen) ||
-        json_int(root, "joint_attention_dim", 1, 1 << 16, &c->joint_attention_dim, false, path,
+        nn_json_int(root, "joint_attention_dim", 1, 1 << 16, &c->joint_attention_dim, false, path,
                  err, errlen))
         goto out;
     json_t *oc = json_object_get(root, "out_channels");
     if (oc && json_is_null(oc))
         c->out_channels = c->in_channels; /* out_channels or in_channels */
-    else if (json_int(root, "out_channels", 1, 1 << 16, &c->out_channels, false, path, err,
+    else if (nn_json_int(root, "out_channels", 1, 1 << 16, &c->out_channels, false, path, err,
                       errlen))
         goto out;
     json_t *axes = json_object_get(root, "axes_dims_rope");

@@ -23,62 +23,10 @@
 #include "nn/qwen_image_sampler.h"
 #include "nn/safetensors.h"
 #include "nn/scheduler.h"
+#include "tests/common/golden.h"
 
 #define GOLDEN "tests/golden"
 #define TOL 1e-4
-
-static double rel_err(const float *out, const float *ref, int64_t n)
-{
-    double d = 0, r = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double e = (double)out[i] - ref[i];
-        d += e * e;
-        r += (double)ref[i] * ref[i];
-    }
-    return r > 0 ? sqrt(d / r) : sqrt(d);
-}
-
-/* A tensor of the golden file as f32, with its element count. */
-static float *golden(const safetensors_t *st, const char *name, int64_t *n)
-{
-    const st_tensor_t *t = safetensors_find(st, name);
-    if (!t) {
-        fail_msg("golden tensor %s missing", name);
-        return NULL;
-    }
-    int64_t count = 1;
-    for (int i = 0; i < t->ndim; i++)
-        count *= t->shape[i];
-    float *out = malloc(sizeof(float) * (size_t)(count ? count : 1));
-    char err[512];
-    if (safetensors_read_f32(st, name, t->ndim, t->shape, out, err, sizeof err) != 0)
-        fail_msg("%s", err);
-    if (n)
-        *n = count;
-    return out;
-}
-
-static int64_t golden_int(const safetensors_t *st, const char *name, int64_t i)
-{
-    const st_tensor_t *t = safetensors_find(st, name);
-    if (!t)
-        fail_msg("golden tensor %s missing", name);
-    /* memcpy: a tensor's data is aligned only as far as the file's offsets are */
-    if (t->dtype == NN_DTYPE_I64) {
-        int64_t v;
-        memcpy(&v, (const char *)t->data + 8 * i, 8);
-        return v;
-    }
-    if (t->dtype == NN_DTYPE_I32) {
-        int32_t v;
-        memcpy(&v, (const char *)t->data + 4 * i, 4);
-        return v;
-    }
-    float *f = golden(st, name, NULL);
-    int64_t v = (int64_t)f[i];
-    free(f);
-    return v;
-}
 
 /* The golden vectors are committed: a missing one is a broken checkout, not a skip. */
 static bool have(const char *path)
