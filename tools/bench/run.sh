@@ -25,3 +25,10 @@ if "$REF_PYTHON" -c "import torch, diffusers" 2>/dev/null; then
 else
   echo "skipped: $REF_PYTHON cannot import torch and diffusers (set REF_PYTHON to a Python with tools/golden/requirements.txt)"
 fi
+echo
+echo "== text encoder forward against the reference"
+if "$REF_PYTHON" -c "import torch, transformers" 2>/dev/null; then
+  "$REF_PYTHON" tools/bench/bench_text_encoder.py "$build"
+else
+  echo "skipped: $REF_PYTHON cannot import torch and transformers (set REF_PYTHON to a Python with tools/golden/requirements.txt)"
+fi
