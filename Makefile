@@ -7,7 +7,7 @@ CC      ?= cc
 PYTHON  ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 CONFIG  ?= conf/diffusiond.conf
 
-PKGS    := libzmq msgpack inih libsystemd openblas jansson libpcre2-8 libutf8proc
+PKGS    := libzmq msgpack inih libsystemd openblas jansson libpcre2-8 libutf8proc libpng libjpeg libwebp
 # Sanitizer and debug builds are the same sources with other flags, in their own folder.
 MODE    ?= release
 ifeq ($(MODE),asan)
@@ -40,7 +40,7 @@ else
   CUDA_NOTE := without CUDA: no nvcc on PATH or under /usr/local/cuda; GPU pools are disabled
 endif
 
-LIB_SRCS   := $(wildcard ipc/*.c) supervisor/config.c $(wildcard nn/*.c) $(wildcard text/*.c)
+LIB_SRCS   := $(wildcard ipc/*.c) supervisor/config.c $(wildcard nn/*.c) $(wildcard text/*.c) $(wildcard codec/*.c)
 SUP_SRCS   := $(filter-out supervisor/config.c,$(wildcard supervisor/*.c))
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 TSTAGE_SRCS:= $(wildcard tests/stages/*.c)
@@ -123,7 +123,7 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefine
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 FUZZ_LIBSRC  := $(LIB_SRCS)
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC) $(wildcard ipc/*.h supervisor/*.h nn/*.h text/*.h tests/common/*.h)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC) $(wildcard ipc/*.h supervisor/*.h nn/*.h text/*.h codec/*.h tests/common/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -UDIFFUSIOND_HAVE_CUDA $< $(FUZZ_LIBSRC) $(filter-out -lcudart -fopenmp,$(LDLIBS)) -o $@
 
