@@ -1,6 +1,7 @@
-/* diffusiond-generate: the generation pipeline in one process, no HTTP. For now it runs the
- * denoising loop of a Qwen-Image model folder on given prompt embeddings and writes the final
- * latents; later issues add the text encoder, the VAE and image output. */
+/* diffusiond-generate: the generation pipeline in one process, no HTTP. It encodes the prompts
+ * with the model folder's tokenizer and text encoder (or takes prompt embeddings from files),
+ * runs the denoising loop and writes the final latents; a later issue adds the VAE and image
+ * output. */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -17,10 +18,14 @@
 #include "nn/qwen_image_dit.h"
 #include "nn/qwen_image_sampler.h"
 #include "nn/safetensors.h"
+#include "nn/qwen_text_encoder.h"
 #include "nn/scheduler.h"
+#include "text/qwen_image_prompt.h"
+#include "text/tokenizer.h"
 
 typedef struct {
-    const char *model, *prompt_embeds, *negative_embeds, *latents, *dump;
+    const char *model, *prompt, *negative_prompt, *prompt_embeds, *negative_embeds, *latents,
+        *dump;
     uint64_t seed;
     bool have_seed;
     int steps, width, height, threads, max_sequence_length;
@@ -31,17 +36,20 @@ typedef struct {
 static void usage(FILE *out)
 {
     fprintf(out,
-        "usage: diffusiond-generate --model DIR --prompt-embeds FILE [options]\n"
-        "  --model DIR              a diffusers Qwen-Image folder (transformer/, scheduler/, vae/)\n"
-        "  --prompt-embeds FILE     safetensors with prompt_embeds [1,L,D] and, optionally,\n"
-        "                           prompt_embeds_mask [1,L]\n"
-        "  --negative-embeds FILE   the same for the negative prompt (enables true CFG);\n"
-        "                           negative_prompt_embeds[_mask] are taken when present\n"
+        "usage: diffusiond-generate --model DIR (--prompt TEXT | --prompt-embeds FILE) [options]\n"
+        "  --model DIR              a diffusers Qwen-Image folder (transformer/, scheduler/, vae/;\n"
+        "                           tokenizer/ and text_encoder/ for --prompt)\n"
+        "  --prompt TEXT            the prompt, encoded by the folder's text encoder\n"
+        "  --negative-prompt TEXT   the negative prompt (enables true CFG; \"\" counts as given)\n"
+        "  --prompt-embeds FILE     instead of --prompt: safetensors with prompt_embeds [1,L,D]\n"
+        "                           and, optionally, prompt_embeds_mask [1,L]\n"
+        "  --negative-embeds FILE   instead of --negative-prompt: the same for the negative\n"
+        "                           prompt; negative_prompt_embeds[_mask] are taken when present\n"
         "  --latents FILE           initial noise: safetensors with latents, packed [1,S,64]\n"
         "  --seed N                 initial noise from Philox4x32-10 (when --latents is not given;\n"
         "                           default 0)\n"
         "  --steps N                denoising steps (default 50, 1..1000)\n"
-        "  --true-cfg-scale S       guidance scale (default 4.0; needs --negative-embeds)\n"
+        "  --true-cfg-scale S       guidance scale (default 4.0; needs a negative prompt)\n"
         "  --width W --height H     image size in pixels, multiples of 16 (default 1024)\n"
         "  --max-sequence-length N  prompt tokens kept, as the pipeline cuts them (default 512,\n"
         "                           1..1024)\n"
@@ -69,6 +77,8 @@ static int parse_args(int argc, char **argv, args_t *a)
 {
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},
+        {"prompt", required_argument, NULL, 'P'},
+        {"negative-prompt", required_argument, NULL, 'N'},
         {"prompt-embeds", required_argument, NULL, 'p'},
         {"negative-embeds", required_argument, NULL, 'n'},
         {"latents", required_argument, NULL, 'l'},
@@ -91,6 +101,8 @@ static int parse_args(int argc, char **argv, args_t *a)
         char *end;
         switch (c) {
         case 'm': a->model = optarg; break;
+        case 'P': a->prompt = optarg; break;
+        case 'N': a->negative_prompt = optarg; break;
         case 'p': a->prompt_embeds = optarg; break;
         case 'n': a->negative_embeds = optarg; break;
         case 'l': a->latents = optarg; break;
@@ -132,9 +144,15 @@ static int parse_args(int argc, char **argv, args_t *a)
         fprintf(stderr, "diffusiond-generate: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    if (!a->model || !a->prompt_embeds) {
-        fprintf(stderr, "diffusiond-generate: --model and --prompt-embeds are required\n");
+    if (!a->model || !a->prompt_embeds == !a->prompt) {
+        fprintf(stderr, "diffusiond-generate: --model and one of --prompt and --prompt-embeds "
+                        "are required\n");
         usage(stderr);
+        return -1;
+    }
+    if (a->negative_prompt && a->negative_embeds) {
+        fprintf(stderr, "diffusiond-generate: --negative-prompt and --negative-embeds exclude "
+                        "each other\n");
         return -1;
     }
     if (a->width % 16 || a->height % 16) {
@@ -202,6 +220,51 @@ out:
         free(e->mask);
         memset(e, 0, sizeof *e);
     }
+    return rc;
+}
+
+/* The prompt and the negative prompt through MODEL/tokenizer and MODEL/text_encoder, each on
+ * its own as the pipeline encodes them (encode_prompt is called once for each). The encoder is
+ * freed before the denoising loop starts: it is the larger model. */
+static int encode_prompts(const args_t *a, nn_ctx_t *ctx, int64_t dim, embeds_t *pos,
+                          embeds_t *neg, char *err, size_t errlen)
+{
+    char path[PATH_MAX], why[768];
+    int rc = -1;
+    qwen_text_encoder_t *enc = NULL;
+    snprintf(path, sizeof path, "%s/tokenizer", a->model);
+    tokenizer_t *tok = tokenizer_load(path, why, sizeof why);
+    if (!tok) {
+        snprintf(err, errlen, "%s", why);
+        return -1;
+    }
+    snprintf(path, sizeof path, "%s/text_encoder", a->model);
+    if (!(enc = qwen_text_encoder_load(path, ctx, why, sizeof why))) {
+        snprintf(err, errlen, "%s", why);
+        goto out;
+    }
+    if (qwen_text_encoder_config(enc)->hidden_size != dim) {
+        snprintf(err, errlen, "%.900s: hidden_size %d, but the transformer takes text of width "
+                 "%lld", path, qwen_text_encoder_config(enc)->hidden_size, (long long)dim);
+        goto out;
+    }
+    const char *texts[2] = {a->prompt, a->negative_prompt};
+    embeds_t *dst[2] = {pos, neg};
+    for (int i = 0; i < 2; i++) {
+        if (!texts[i])
+            continue;
+        qwen_prompt_embeds_t pe;
+        if (qwen_image_encode_prompts(tok, enc, &texts[i], 1, a->max_sequence_length, &pe, why,
+                                      sizeof why) != 0) {
+            snprintf(err, errlen, "%s: %s", i ? "--negative-prompt" : "--prompt", why);
+            goto out;
+        }
+        *dst[i] = (embeds_t){.embeds = pe.embeds, .mask = pe.mask, .len = pe.len};
+    }
+    rc = 0;
+out:
+    qwen_text_encoder_free(&enc);
+    tokenizer_free(&tok);
     return rc;
 }
 
@@ -293,8 +356,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "diffusiond-generate: %s\n", err);
         goto out;
     }
-    if (load_embeds(a.prompt_embeds, dc->joint_attention_dim, false, a.max_sequence_length, &pos,
-                    err, sizeof err) != 0 ||
+    if ((a.prompt || a.negative_prompt) &&
+        encode_prompts(&a, &ctx, dc->joint_attention_dim, &pos, &neg, err, sizeof err) != 0) {
+        fprintf(stderr, "diffusiond-generate: %s\n", err);
+        goto out;
+    }
+    if ((a.prompt_embeds && load_embeds(a.prompt_embeds, dc->joint_attention_dim, false,
+                                        a.max_sequence_length, &pos, err, sizeof err) != 0) ||
         (a.negative_embeds && load_embeds(a.negative_embeds, dc->joint_attention_dim, true,
                                           a.max_sequence_length, &neg, err, sizeof err) != 0)) {
         fprintf(stderr, "diffusiond-generate: %s\n", err);
@@ -337,7 +405,7 @@ int main(int argc, char **argv)
         .on_step = progress, .on_step_ctx = &a,
     };
     if (a.true_cfg_scale > 1.0f && !neg.embeds && !a.quiet)
-        fprintf(stderr, "diffusiond-generate: no --negative-embeds: true CFG is off\n");
+        fprintf(stderr, "diffusiond-generate: no negative prompt: true CFG is off\n");
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (sampler_denoise(dit, &sched, &p, latents, err, sizeof err) != 0) {

@@ -1,6 +1,7 @@
 """diffusiond-generate, the one-process pipeline: the denoising loop on the golden tiny model
-gives the reference's latents, a seed gives the same latents every run, and every bad
-argument gets a clear error (exit 2) instead of a crash."""
+gives the reference's latents, from prompt embeddings or from prompt strings through the
+tokenizer and text encoder; a seed gives the same latents every run, and every bad argument
+gets a clear error (exit 2) instead of a crash."""
 import json
 import os
 import struct
@@ -74,8 +75,10 @@ def test_seed_is_reproducible_and_matters(tmp_path):
 
 
 BAD = [
-    ([], "--model and --prompt-embeds are required"),
-    (["--model", MODEL], "--model and --prompt-embeds are required"),
+    ([], "--model and one of --prompt and --prompt-embeds are required"),
+    (["--model", MODEL], "--model and one of --prompt and --prompt-embeds are required"),
+    (["--prompt", "x"], "--model and one of --prompt and --prompt-embeds are required"),
+    (["--negative-prompt", "x", "--negative-embeds", IO], "exclude each other"),
     (["--steps", "0"], "--steps wants a whole number in 1..1000"),
     (["--steps", "abc"], "--steps wants a whole number"),
     (["--steps", "99999999999999999999"], "--steps wants a whole number"),
@@ -137,3 +140,54 @@ def test_prompts_are_cut_to_max_sequence_length(tmp_path):
     ref = read_safetensors(IO)["final_latents"][1]
     assert rel_err(dumps[0], ref) < 1e-4   # 6 tokens fit in 512: the reference's result
     assert rel_err(dumps[1], ref) > 1e-3   # cut to 3 tokens: another result
+
+
+# The whole pipeline from prompt strings: tools/golden/gen_text_encoder.py ran
+# QwenImagePipeline on sample_tiny's transformer and scheduler with text_tiny's tokenizer and
+# text encoder; the same folder is assembled here from links.
+PIPELINE_IO = os.path.join(REPO, "tests/golden/pipeline_tiny/io.safetensors")
+
+
+def pipeline_folder(tmp_path, text_encoder=True):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for part in ("transformer", "scheduler", "vae"):
+        (folder / part).symlink_to(os.path.join(MODEL, part))
+    for part in ("tokenizer", "text_encoder") if text_encoder else ("tokenizer",):
+        (folder / part).symlink_to(os.path.join(REPO, "tests/golden/text_tiny", part))
+    return str(folder)
+
+
+def test_prompts_through_the_text_encoder_match_the_reference(tmp_path):
+    out = tmp_path / "out.safetensors"
+    model = pipeline_folder(tmp_path)
+    r = run("--model", model, "--prompt", "dance monkey",
+            "--negative-prompt", "blurry, low quality", "--steps", "3", "--true-cfg-scale", "4",
+            "--width", "48", "--height", "32", "--latents", PIPELINE_IO, "--dump", str(out),
+            "--quiet")
+    assert r.returncode == 0, r.stderr
+    got, ref = read_safetensors(out), read_safetensors(PIPELINE_IO)
+    assert got["latents"][0] == ref["final_latents"][0] == [1, 6, 64]
+    assert rel_err(got["latents"][1], ref["final_latents"][1]) < 1e-4
+    # another negative prompt (the empty one counts as given): another result
+    out2 = tmp_path / "out2.safetensors"
+    r = run("--model", model, "--prompt", "dance monkey", "--negative-prompt", "", "--steps", "3",
+            "--width", "48", "--height", "32", "--latents", PIPELINE_IO, "--dump", str(out2), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert rel_err(read_safetensors(out2)["latents"][1], ref["final_latents"][1]) > 1e-3
+
+
+@pytest.mark.parametrize("prompt,message", [
+    ("bad \udcff byte", "--prompt: "),
+])
+def test_a_prompt_that_is_not_utf8_is_refused(tmp_path, prompt, message):
+    r = subprocess.run([GENERATE, "--model", pipeline_folder(tmp_path), "--prompt",
+                        os.fsencode(prompt), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert message in r.stderr and "UTF-8" in r.stderr
+
+
+def test_a_missing_text_encoder_is_named(tmp_path):
+    r = run("--model", pipeline_folder(tmp_path, text_encoder=False), "--prompt", "x", "--quiet")
+    assert r.returncode == 1
+    assert "text_encoder" in r.stderr

@@ -32,3 +32,11 @@ if "$REF_PYTHON" -c "import torch, transformers" 2>/dev/null; then
 else
   echo "skipped: $REF_PYTHON cannot import torch and transformers (set REF_PYTHON to a Python with tools/golden/requirements.txt)"
 fi
+echo
+echo "== tokenizer against HF tokenizers (one thread each, tests/golden/tokenizer/corpus.json)"
+if "$REF_PYTHON" -c "import tokenizers" 2>/dev/null; then
+  "$REF_PYTHON" tools/bench/bench_tokenizer.py "$build"
+else
+  "$build/bench/bench_tokenizer"
+  echo "reference skipped: $REF_PYTHON cannot import tokenizers (set REF_PYTHON to a Python with tools/golden/requirements.txt)"
+fi

@@ -18,6 +18,11 @@ plus io.safetensors with:
 and metadata: the prompts (JSON), max_sequence_length, versions.
 
 Cases:
+    pipeline_tiny/  io.safetensors only: QwenImagePipeline.__call__ from prompt strings (a
+                prompt and a negative prompt, true CFG, 3 steps, given initial latents) on the
+                folder that tests/golden/sample_tiny (transformer, scheduler, vae config; written
+                by gen_qwen_image.py, run that first) and text_tiny (tokenizer, text_encoder)
+                make together; the final packed latents. The CLI test assembles the same folder.
     text_tiny/  the text encoder of diffusers' QwenImagePipeline tests (hidden 16, 2 layers,
                 2 heads, 2 kv heads, mrope_section [1,1,2]), f32 weights; 3 prompts
     text_gqa/   hidden 64, 4 heads x 16, 2 kv heads (GQA), 3 layers, intermediate 96, bf16
@@ -36,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_qwen_image import setup_determinism, versions, write_tensors  # noqa: E402
+from gen_qwen_image import load_sample_pipeline, setup_determinism, versions, write_tensors  # noqa: E402
 
 from diffusers import QwenImagePipeline  # noqa: E402
 from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
@@ -161,6 +166,32 @@ def run_case(folder, spec):
     return io, meta
 
 
+PIPELINE_CALL = dict(prompt="dance monkey", negative_prompt="blurry, low quality", height=32,
+                     width=48, num_inference_steps=3, true_cfg_scale=4.0, max_sequence_length=512)
+
+
+def gen_pipeline_case(out):
+    """The whole pipeline from prompt strings to final latents, composed from two golden folders."""
+    sample, text = out / "sample_tiny", out / "text_tiny"
+    pipe = load_sample_pipeline(sample)
+    pipe.tokenizer = AutoTokenizer.from_pretrained(text / "tokenizer")
+    pipe.text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        text / "text_encoder", dtype=torch.float32, attn_implementation="sdpa").eval()
+    c = PIPELINE_CALL
+    seq = (c["height"] // 16) * (c["width"] // 16)
+    g = torch.Generator().manual_seed(4000)
+    latents = torch.randn(1, seq, pipe.transformer.config.in_channels, generator=g)
+    with torch.no_grad():
+        final = pipe(**c, latents=latents, output_type="latent").images
+    folder = out / "pipeline_tiny"
+    folder.mkdir(exist_ok=True)
+    meta = {k: (json.dumps(v) if isinstance(v, str) else v) for k, v in c.items()}
+    meta.update({"folders": "transformer, scheduler, vae: sample_tiny; tokenizer, text_encoder: text_tiny",
+                 "versions": versions()})
+    write_tensors(folder / "io.safetensors", {"latents": latents, "final_latents": final.float()}, meta)
+    print(f"pipeline_tiny: final latents {list(final.shape)}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "golden", help="output folder")
@@ -173,6 +204,7 @@ def main(argv=None):
         write_tensors(folder / "io.safetensors", io, meta)
         print(f"{name}: input_ids {list(io['input_ids'].shape)}, prompt_embeds {list(io['prompt_embeds'].shape)}, "
               f"padding {meta['padding_side']}")
+    gen_pipeline_case(args.out)
     print(f"gen_text_encoder: wrote {args.out} in {time.monotonic() - t0:.1f} s ({versions()})")
     return 0
 
