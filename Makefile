@@ -7,7 +7,7 @@ CC      ?= cc
 PYTHON  ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 CONFIG  ?= conf/diffusiond.conf
 
-PKGS    := libzmq msgpack inih libsystemd openblas jansson libpcre2-8 libutf8proc libpng libjpeg libwebp
+PKGS    := libzmq msgpack inih libsystemd openblas jansson libpcre2-8 libutf8proc libpng libjpeg libwebp libevent
 # Sanitizer and debug builds are the same sources with other flags, in their own folder.
 MODE    ?= release
 ifeq ($(MODE),asan)
@@ -40,12 +40,16 @@ else
   CUDA_NOTE := without CUDA: no nvcc on PATH or under /usr/local/cuda; GPU pools are disabled
 endif
 
-LIB_SRCS   := $(wildcard ipc/*.c) supervisor/config.c $(wildcard nn/*.c) $(wildcard text/*.c) $(wildcard codec/*.c)
+LIB_SRCS   := $(wildcard ipc/*.c) supervisor/config.c $(wildcard nn/*.c) $(wildcard text/*.c) $(wildcard codec/*.c) $(wildcard pipeline/*.c)
 SUP_SRCS   := $(filter-out supervisor/config.c,$(wildcard supervisor/*.c))
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 TSTAGE_SRCS:= $(wildcard tests/stages/*.c)
 BENCH_SRCS := $(wildcard tools/bench/*.c)
 CLI_SRCS   := $(wildcard cli/*.c)
+
+# Each folder stages/NAME/ is one stage program, build/diffusiond-NAME.
+STAGE_NAMES:= $(notdir $(patsubst %/,%,$(wildcard stages/*/)))
+STAGE_BINS := $(STAGE_NAMES:%=$(BUILD)/diffusiond-%)
 
 LIB        := $(BUILD)/libdiffusiond.a
 LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -54,7 +58,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_BINS := $(BENCH_SRCS:tools/bench/%.c=$(BUILD)/bench/%)
 TSTAGE_BIN := $(BUILD)/tests/diffusiond-teststage
 CLI_BINS   := $(CLI_SRCS:cli/%.c=$(BUILD)/diffusiond-%)
-BINS       := $(BUILD)/diffusiond $(TSTAGE_BIN) $(UNIT_BINS) $(BENCH_BINS) $(CLI_BINS)
+BINS       := $(BUILD)/diffusiond $(TSTAGE_BIN) $(UNIT_BINS) $(BENCH_BINS) $(CLI_BINS) $(STAGE_BINS)
 
 .PHONY: fuzz-build all deps run test test-unit test-process asan fuzz bench check-config clean cuda-note
 .DEFAULT_GOAL := all
@@ -91,6 +95,12 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 $(BUILD)/diffusiond-%: $(BUILD)/obj/cli/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+define stage_rule
+$(BUILD)/diffusiond-$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard stages/$(1)/*.c)) $(LIB)
+	$$(CC) $$(LDFLAGS) $$^ $$(LDLIBS) -o $$@
+endef
+$(foreach s,$(STAGE_NAMES),$(eval $(call stage_rule,$(s))))
+
 $(BUILD)/bench/%: $(BUILD)/obj/tools/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
@@ -123,7 +133,7 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefine
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 FUZZ_LIBSRC  := $(LIB_SRCS)
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC) $(wildcard ipc/*.h supervisor/*.h nn/*.h text/*.h codec/*.h tests/common/*.h)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC) $(wildcard ipc/*.h supervisor/*.h nn/*.h text/*.h codec/*.h pipeline/*.h tests/common/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -UDIFFUSIOND_HAVE_CUDA $< $(FUZZ_LIBSRC) $(filter-out -lcudart -fopenmp,$(LDLIBS)) -o $@
 

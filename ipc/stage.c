@@ -241,6 +241,8 @@ static void stage_release_tensors(stage_t *st, stage_job_t *job)
     job->msg.n_tensors = 0;
 }
 
+void stage_job_release_tensors(stage_t *st, stage_job_t *job) { stage_release_tensors(st, job); }
+
 /* ---- jobs --------------------------------------------------------------------------------- */
 
 /* Frees the job itself; its tensors have been sent on or released. */

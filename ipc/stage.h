@@ -99,6 +99,9 @@ bool stage_can_send(const stage_t *st);
 /* Fails a kept job: the origin gets it back with the error and no tensors (an origin's own
  * failures reach its job callback from the loop, never from inside a callback). */
 void stage_job_fail(stage_t *st, stage_job_t *job, int code, const char *msg);
+/* Releases the tensors a job holds and empties its tensor list, keeping the job: a stage
+ * that consumed its inputs calls it before attaching its outputs (stage_tensor_alloc). */
+void stage_job_release_tensors(stage_t *st, stage_job_t *job);
 /* Releases the job's tensors and frees it (the end of a job at its last step). */
 void stage_job_finish(stage_t *st, stage_job_t *job);
 
