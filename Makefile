@@ -7,7 +7,7 @@ CC      ?= cc
 PYTHON  ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 CONFIG  ?= conf/diffusiond.conf
 
-PKGS    := libzmq msgpack inih libsystemd openblas jansson libpcre2-8 libutf8proc libpng libjpeg libwebp libevent
+PKGS    := libzmq msgpack inih libsystemd openblas jansson libpcre2-8 libutf8proc libpng libjpeg libwebp libevent libsodium
 # Sanitizer and debug builds are the same sources with other flags, in their own folder.
 MODE    ?= release
 ifeq ($(MODE),asan)
@@ -47,8 +47,8 @@ TSTAGE_SRCS:= $(wildcard tests/stages/*.c)
 BENCH_SRCS := $(wildcard tools/bench/*.c)
 CLI_SRCS   := $(wildcard cli/*.c)
 
-# Each folder stages/NAME/ is one stage program, build/diffusiond-NAME.
-STAGE_NAMES:= $(notdir $(patsubst %/,%,$(wildcard stages/*/)))
+# Each folder stages/NAME/ with C sources is one stage program, build/diffusiond-NAME.
+STAGE_NAMES:= $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard stages/*/*.c)))))
 STAGE_BINS := $(STAGE_NAMES:%=$(BUILD)/diffusiond-%)
 
 LIB        := $(BUILD)/libdiffusiond.a

@@ -20,6 +20,7 @@
 #include "nn/safetensors.h"
 #include "nn/qwen_text_encoder.h"
 #include "nn/scheduler.h"
+#include "pipeline/t2i.h"
 #include "text/qwen_image_prompt.h"
 #include "text/tokenizer.h"
 
@@ -268,39 +269,6 @@ out:
     return rc;
 }
 
-/* latents_mean / latents_std of vae/config.json; 0 if found, 1 if there is no vae folder. */
-static int load_vae_stats(const char *model, float *mean, float *std, char *err, size_t errlen)
-{
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/vae/config.json", model);
-    if (access(path, F_OK) != 0)
-        return 1;
-    json_t *root = nn_json_load_object(path, err, errlen);
-    if (!root)
-        return -1;
-    int rc = -1;
-    json_t *m = json_object_get(root, "latents_mean"), *s = json_object_get(root, "latents_std");
-    if (!json_is_array(m) || !json_is_array(s) || json_array_size(m) != SAMPLER_LATENT_CHANNELS ||
-        json_array_size(s) != SAMPLER_LATENT_CHANNELS) {
-        snprintf(err, errlen, "%.900s: wants latents_mean and latents_std of %d numbers", path,
-                 SAMPLER_LATENT_CHANNELS);
-        goto out;
-    }
-    for (int i = 0; i < SAMPLER_LATENT_CHANNELS; i++) {
-        json_t *a = json_array_get(m, (size_t)i), *b = json_array_get(s, (size_t)i);
-        if (!json_is_number(a) || !json_is_number(b) || json_number_value(b) == 0) {
-            snprintf(err, errlen, "%.900s: latents_mean/std[%d] is not a usable number", path, i);
-            goto out;
-        }
-        mean[i] = (float)json_number_value(a);
-        std[i] = (float)json_number_value(b);
-    }
-    rc = 0;
-out:
-    json_decref(root);
-    return rc;
-}
-
 static void progress(void *ctx, int step, int steps, const float *latents)
 {
     const args_t *a = ctx;
@@ -333,7 +301,7 @@ int main(int argc, char **argv)
     int rc = 1;
     dit_t *dit = NULL;
     embeds_t pos = {0}, neg = {0};
-    float *latents = NULL;
+    float *latents = NULL, *denorm = NULL;
 
     snprintf(path, sizeof path, "%s/transformer", a.model);
     if (!(dit = dit_load(path, &ctx, err, sizeof err))) {
@@ -386,29 +354,35 @@ int main(int argc, char **argv)
             goto out;
         }
         safetensors_close(&st);
-    } else {
-        /* Noise of shape (16, h, w) from the seed, packed as the pipeline packs it. */
-        float *noise = malloc(sizeof(float) * (size_t)(S * ch));
-        if (!noise) {
-            fprintf(stderr, "diffusiond-generate: out of memory\n");
-            goto out;
-        }
-        philox_normal(a.seed, 0, (uint64_t)(S * ch), noise);
-        sampler_pack(noise, SAMPLER_LATENT_CHANNELS, h, w, latents);
-        free(noise);
+    } else if (t2i_initial_latents(a.seed, a.width, a.height, latents) != 0) {
+        fprintf(stderr, "diffusiond-generate: out of memory\n");
+        goto out;
     }
-    sampler_params_t p = {
-        .height = a.height, .width = a.width, .steps = a.steps,
+    float mean[SAMPLER_LATENT_CHANNELS], std[SAMPLER_LATENT_CHANNELS];
+    int have_vae = t2i_load_vae_stats(a.model, mean, std, err, sizeof err);
+    if (have_vae < 0) {
+        fprintf(stderr, "diffusiond-generate: %s\n", err);
+        goto out;
+    }
+    denorm = malloc(sizeof(float) * (size_t)(S * ch));
+    if (!denorm) {
+        fprintf(stderr, "diffusiond-generate: out of memory\n");
+        goto out;
+    }
+    t2i_text_t neg_text = {.embeds = neg.embeds, .mask = neg.mask, .len = neg.len};
+    t2i_params_t p = {
+        .width = a.width, .height = a.height, .steps = a.steps,
         .true_cfg_scale = a.true_cfg_scale,
-        .txt_len = pos.len, .txt = pos.embeds, .txt_mask = pos.mask,
-        .neg_len = neg.len, .neg = neg.embeds, .neg_mask = neg.mask,
+        .prompt = {.embeds = pos.embeds, .mask = pos.mask, .len = pos.len},
+        .negative = neg.embeds ? &neg_text : NULL,
         .on_step = progress, .on_step_ctx = &a,
     };
     if (a.true_cfg_scale > 1.0f && !neg.embeds && !a.quiet)
         fprintf(stderr, "diffusiond-generate: no negative prompt: true CFG is off\n");
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (sampler_denoise(dit, &sched, &p, latents, err, sizeof err) != 0) {
+    if (t2i_denoise(dit, &sched, &p, latents, mean, std, have_vae == 0 ? denorm : NULL, err,
+                    sizeof err) != 0) {
         fprintf(stderr, "diffusiond-generate: %s\n", err);
         goto out;
     }
@@ -417,31 +391,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "denoised %dx%d in %d steps: %.2f s\n", a.width, a.height, a.steps,
                 (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     if (a.dump) {
-        float mean[SAMPLER_LATENT_CHANNELS], std[SAMPLER_LATENT_CHANNELS];
-        int have_vae = load_vae_stats(a.model, mean, std, err, sizeof err);
-        if (have_vae < 0) {
-            fprintf(stderr, "diffusiond-generate: %s\n", err);
-            goto out;
-        }
-        float *x = malloc(sizeof(float) * (size_t)(S * ch));
-        if (!x) {
-            fprintf(stderr, "diffusiond-generate: out of memory\n");
-            goto out;
-        }
-        if (have_vae == 0) { /* without a vae/ folder there is nothing to de-normalise with */
-            sampler_unpack(latents, SAMPLER_LATENT_CHANNELS, h, w, x);
-            sampler_denormalize(x, SAMPLER_LATENT_CHANNELS, (int64_t)h * w, mean, std);
-        }
+        /* without a vae/ folder there is nothing to de-normalise with: latents alone */
         const char *names[2] = {"latents", "latents_denormalized"};
         nn_dtype_t dtypes[2] = {NN_DTYPE_F32, NN_DTYPE_F32};
         int ndims[2] = {3, 5};
         int64_t shapes[2][NN_MAX_DIMS] = {{1, S, ch}, {1, SAMPLER_LATENT_CHANNELS, 1, h, w}};
-        const void *datas[2] = {latents, x};
+        const void *datas[2] = {latents, denorm};
         int n = have_vae == 0 ? 2 : 1;
-        int wrc = safetensors_write(a.dump, (size_t)n, names, dtypes, ndims,
-                                    (const int64_t(*)[NN_MAX_DIMS])shapes, datas, err, sizeof err);
-        free(x);
-        if (wrc != 0) {
+        if (safetensors_write(a.dump, (size_t)n, names, dtypes, ndims,
+                              (const int64_t(*)[NN_MAX_DIMS])shapes, datas, err, sizeof err) != 0) {
             fprintf(stderr, "diffusiond-generate: %s\n", err);
             goto out;
         }
@@ -449,6 +407,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     free(latents);
+    free(denorm);
     free(pos.embeds);
     free(pos.mask);
     free(neg.embeds);

@@ -119,6 +119,10 @@ int sampler_denoise(dit_t *dit, const sched_config_t *sched, const sampler_param
         .images = {{.frames = 1, .height = h / 2, .width = w / 2}},
     };
     for (int i = 0; i < p->steps; i++) {
+        if (p->stop && p->stop(p->stop_ctx)) {
+            snprintf(err, errlen, "stopped at step %d of %d", i, p->steps);
+            goto out;
+        }
         float t = timesteps[i] / 1000.0f; /* the pipeline passes timestep / 1000 */
         in.timestep = &t;
         in.txt_len = p->txt_len;

@@ -4,6 +4,7 @@
 #ifndef DIFFUSIOND_NN_QWEN_IMAGE_SAMPLER_H
 #define DIFFUSIOND_NN_QWEN_IMAGE_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "nn/qwen_image_dit.h"
@@ -25,6 +26,10 @@ typedef struct {
     /* Called after each step with the packed latents (for traces and progress); may be NULL. */
     void (*on_step)(void *ctx, int step, int steps, const float *latents);
     void *on_step_ctx;
+    /* Asked before each step; true stops the loop with an error ("stopped at step i"): a
+     * cancelled request or a stopping stage. May be NULL. */
+    bool (*stop)(void *ctx);
+    void *stop_ctx;
 } sampler_params_t;
 
 /* Latent geometry of an image: h, w of the (16, h, w) latents and the packed token count. */

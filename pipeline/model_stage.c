@@ -1,0 +1,282 @@
+/* model_stage: a generation stage's job flow around one worker thread (see the header). */
+#include "pipeline/model_stage.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ipc/log.h"
+
+/* A FIFO of tasks. */
+typedef struct {
+    gen_task_t *head, *tail;
+    uint32_t n;
+} task_queue_t;
+
+static void queue_push(task_queue_t *q, gen_task_t *t)
+{
+    t->next = NULL;
+    if (q->tail)
+        q->tail->next = t;
+    else
+        q->head = t;
+    q->tail = t;
+    q->n++;
+}
+
+static void queue_push_front(task_queue_t *q, gen_task_t *t)
+{
+    t->next = q->head;
+    q->head = t;
+    if (!q->tail)
+        q->tail = t;
+    q->n++;
+}
+
+static gen_task_t *queue_pop(task_queue_t *q)
+{
+    gen_task_t *t = q->head;
+    if (t) {
+        q->head = t->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->n--;
+        t->next = NULL;
+    }
+    return t;
+}
+
+struct model_stage {
+    model_stage_spec_t spec;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    task_queue_t todo;        /* lock: for the worker */
+    task_queue_t done;        /* lock: computed (or failed), for the loop */
+    bool quit;                /* lock */
+    atomic_bool abort;        /* read by computes between their steps */
+    uint32_t running;         /* lock: 1 while the worker computes a task */
+    task_queue_t waiting;     /* loop thread only: computed, waiting for room in the pool */
+    uint32_t held;            /* loop thread only: jobs kept (queued, running, done, waiting) */
+};
+
+static void task_free(gen_task_t *t)
+{
+    for (uint32_t i = 0; i < t->n_out; i++)
+        free(t->out[i].data);
+    gen_params_free(&t->params);
+    free(t);
+}
+
+static void *worker_main(void *arg)
+{
+    model_stage_t *ms = arg;
+    pthread_mutex_lock(&ms->lock);
+    for (;;) {
+        while (!ms->quit && !ms->todo.head)
+            pthread_cond_wait(&ms->wake, &ms->lock);
+        if (ms->quit)
+            break;
+        gen_task_t *t = queue_pop(&ms->todo);
+        ms->running = 1;
+        pthread_mutex_unlock(&ms->lock);
+        if (ms->spec.compute(ms->spec.model, t) != 0 && t->code == 0)
+            gen_task_fail(t, 500, "%s failed", ms->spec.what);
+        pthread_mutex_lock(&ms->lock);
+        ms->running = 0;
+        queue_push(&ms->done, t);
+    }
+    pthread_mutex_unlock(&ms->lock);
+    return NULL;
+}
+
+model_stage_t *model_stage_start(const model_stage_spec_t *spec)
+{
+    model_stage_t *ms = calloc(1, sizeof *ms);
+    if (!ms)
+        return NULL;
+    ms->spec = *spec;
+    atomic_init(&ms->abort, false);
+    pthread_mutex_init(&ms->lock, NULL);
+    pthread_cond_init(&ms->wake, NULL);
+    if (pthread_create(&ms->thread, NULL, worker_main, ms) != 0) {
+        pthread_mutex_destroy(&ms->lock);
+        pthread_cond_destroy(&ms->wake);
+        free(ms);
+        return NULL;
+    }
+    return ms;
+}
+
+void *gen_output_alloc(gen_task_t *task, int dtype, int ndim, const int64_t *shape)
+{
+    if (task->n_out >= GEN_TASK_MAX_OUT || ndim < 1 || ndim > PROTO_MAX_DIMS)
+        return NULL;
+    size_t n = proto_dtype_size(dtype);
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || (shape[i] > 0 && n > SIZE_MAX / (size_t)shape[i]))
+            return NULL;
+        n *= (size_t)shape[i];
+    }
+    void *data = malloc(n ? n : 1);
+    if (!data)
+        return NULL;
+    gen_output_t *o = &task->out[task->n_out++];
+    o->dtype = dtype;
+    o->ndim = ndim;
+    memcpy(o->shape, shape, (size_t)ndim * sizeof *shape);
+    o->data = data;
+    return data;
+}
+
+int gen_task_fail(gen_task_t *task, int code, const char *fmt, ...)
+{
+    task->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(task->err, sizeof task->err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int model_stage_folder(const stage_t *st, const char *component, char *out, size_t outlen)
+{
+    const char *root = stage_config(st)->model.path;
+    if (!root[0]) {
+        log_error("[model] path is empty: the %s stage needs a model folder", stage_name(st));
+        return -1;
+    }
+    int n = snprintf(out, outlen, "%s/%s", root, component);
+    return n > 0 && (size_t)n < outlen ? 0 : -1;
+}
+
+stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *job)
+{
+    char err[PROTO_ERROR_MAX];
+    if (job->msg.n_tensors < ms->spec.min_inputs || job->msg.n_tensors > ms->spec.max_inputs) {
+        snprintf(job->msg.error_msg, sizeof job->msg.error_msg,
+                 "%s: a job with %u tensors, expected %u..%u", ms->spec.what,
+                 job->msg.n_tensors, ms->spec.min_inputs, ms->spec.max_inputs);
+        job->msg.error = 500;
+        return STAGE_JOB_FAILED;
+    }
+    gen_task_t *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(job->msg.error_msg, sizeof job->msg.error_msg, "%s: out of memory",
+                 ms->spec.what);
+        job->msg.error = 503;
+        return STAGE_JOB_FAILED;
+    }
+    if (gen_params_decode(job->msg.params, job->msg.params_len, &t->params, err, sizeof err)) {
+        free(t);
+        snprintf(job->msg.error_msg, sizeof job->msg.error_msg, "%s: %.200s", ms->spec.what, err);
+        job->msg.error = 400;
+        return STAGE_JOB_FAILED;
+    }
+    t->job = job;
+    t->id = job->msg.id;
+    t->abort = &ms->abort;
+    t->n_in = job->msg.n_tensors;
+    for (uint32_t i = 0; i < t->n_in; i++) {
+        t->in_ref[i] = job->msg.tensors[i];
+        t->in[i] = stage_tensor_data(st, job, i);
+    }
+    pthread_mutex_lock(&ms->lock);
+    queue_push(&ms->todo, t);
+    pthread_cond_signal(&ms->wake);
+    pthread_mutex_unlock(&ms->lock);
+    ms->held++;
+    return STAGE_JOB_KEPT;
+}
+
+/* The task's outputs into the stage's pool, replacing its inputs. 0 sent on; 1 no room yet. */
+static int task_send(model_stage_t *ms, stage_t *st, gen_task_t *t)
+{
+    stage_job_t *job = t->job;
+    proto_tensor_ref_t refs[GEN_TASK_MAX_OUT];
+    void *dst[GEN_TASK_MAX_OUT];
+    uint32_t made = 0;
+    for (; made < t->n_out; made++) {
+        gen_output_t *o = &t->out[made];
+        if (stage_tensor_alloc(st, o->dtype, o->ndim, o->shape, &refs[made], &dst[made]) != 0)
+            break;
+    }
+    if (made < t->n_out) {
+        /* no room: give back what was taken and try again on a later tick */
+        for (uint32_t i = 0; i < made; i++) {
+            pool_t *p = stage_tensor_pool(st, &refs[i]);
+            if (p)
+                pool_release(p, refs[i].offset, stage_gen(st));
+        }
+        return 1;
+    }
+    for (uint32_t i = 0; i < t->n_out; i++)
+        memcpy(dst[i], t->out[i].data, refs[i].bytes);
+    stage_job_release_tensors(st, job);
+    for (uint32_t i = 0; i < t->n_out; i++)
+        job->msg.tensors[i] = refs[i];
+    job->msg.n_tensors = t->n_out;
+    ms->held--;
+    task_free(t);
+    stage_job_forward(st, job);
+    return 0;
+}
+
+void model_stage_tick(model_stage_t *ms, stage_t *st)
+{
+    pthread_mutex_lock(&ms->lock);
+    gen_task_t *t;
+    while ((t = queue_pop(&ms->done)))
+        queue_push(&ms->waiting, t);
+    pthread_mutex_unlock(&ms->lock);
+    while ((t = queue_pop(&ms->waiting))) {
+        if (t->code != 0) {
+            log_warn("%s: job %llu failed: %s", ms->spec.what, (unsigned long long)t->id,
+                     t->err);
+            stage_job_t *job = t->job;
+            ms->held--;
+            int code = t->code;
+            char msg[PROTO_ERROR_MAX];
+            snprintf(msg, sizeof msg, "%s", t->err);
+            task_free(t);
+            stage_job_fail(st, job, code, msg);
+            continue;
+        }
+        if (task_send(ms, st, t) != 0) {
+            queue_push_front(&ms->waiting, t); /* the pool is full: keep the order, retry */
+            break;
+        }
+    }
+}
+
+uint32_t model_stage_inflight(const model_stage_t *ms) { return ms->held; }
+
+void model_stage_stop(model_stage_t *ms, stage_t *st)
+{
+    if (!ms)
+        return;
+    atomic_store(&ms->abort, true);
+    pthread_mutex_lock(&ms->lock);
+    ms->quit = true;
+    pthread_cond_signal(&ms->wake);
+    pthread_mutex_unlock(&ms->lock);
+    pthread_join(ms->thread, NULL);
+    /* finished tasks go on when they can; the rest go back to their origin */
+    model_stage_tick(ms, st);
+    task_queue_t *lists[] = {&ms->waiting, &ms->todo};
+    for (size_t l = 0; l < 2; l++) {
+        gen_task_t *t;
+        while ((t = queue_pop(lists[l]))) {
+            stage_job_t *job = t->job;
+            task_free(t);
+            ms->held--;
+            stage_job_fail(st, job, 503, "the stage stopped before finishing it");
+        }
+    }
+    pthread_mutex_destroy(&ms->lock);
+    pthread_cond_destroy(&ms->wake);
+    free(ms);
+}

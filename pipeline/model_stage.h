@@ -1,0 +1,82 @@
+/* model_stage: what the text, denoise, vae and encode stages share: a generation job arrives
+ * (pipeline/gen_job.h), its parameters are checked, the model computes on a worker thread
+ * while the stage's loop keeps answering the supervisor, and the outputs replace the inputs in
+ * the job, which goes on to the next step.
+ *
+ * Threads: the skeleton (ipc/stage.h) is single-threaded, so everything that touches it runs
+ * on the loop thread: the job callback collects the inputs' addresses and queues a task; the
+ * compute function runs on the worker thread with nothing but the task (inputs read in place
+ * in the shared pools, outputs written to malloc'd buffers); the tick callback takes finished
+ * tasks, allocates the outputs in the stage's pool, copies them there, releases the inputs and
+ * forwards the job. The copy is local to the stage (an output is copied once into its shared
+ * block, never between stages); it lets a task finish while the pool is full: it then waits in
+ * the stage, and the stage stops taking new work, until blocks come back. */
+#ifndef DIFFUSIOND_PIPELINE_MODEL_STAGE_H
+#define DIFFUSIOND_PIPELINE_MODEL_STAGE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ipc/stage.h"
+#include "pipeline/gen_job.h"
+
+#define GEN_TASK_MAX_OUT 4
+
+typedef struct {
+    int dtype;                           /* proto_dtype_t */
+    int ndim;
+    int64_t shape[PROTO_MAX_DIMS];
+    void *data;                          /* malloc'd by compute; freed by the stage */
+} gen_output_t;
+
+typedef struct gen_task {
+    stage_job_t *job;                    /* the loop thread's; compute must not touch it */
+    gen_params_t params;
+    uint64_t id;
+    uint32_t n_in;
+    proto_tensor_ref_t in_ref[PROTO_MAX_TENSORS];
+    const void *in[PROTO_MAX_TENSORS];   /* the inputs, in the pools, held by this job */
+    uint32_t n_out;
+    gen_output_t out[GEN_TASK_MAX_OUT];
+    const atomic_bool *abort;            /* set when the stage stops: a long compute checks it
+                                            between steps and gives up (gen_task_fail 503) */
+    int code;                            /* compute's failure: 400 bad input, 500 otherwise */
+    char err[PROTO_ERROR_MAX];
+    struct gen_task *next;
+} gen_task_t;
+
+/* Runs on the worker thread: read task->in, fill task->out (n_out, each output malloc'd).
+ * Returns 0, or -1 with task->code and task->err set. */
+typedef int (*gen_compute_fn)(void *model, gen_task_t *task);
+
+typedef struct {
+    const char *what;                    /* for logs: "text", "denoise", ... */
+    uint32_t min_inputs, max_inputs;     /* tensors a job must bring */
+    gen_compute_fn compute;
+    void *model;
+} model_stage_spec_t;
+
+typedef struct model_stage model_stage_t;
+
+/* Starts the worker thread. NULL when it cannot (out of memory, no thread). */
+model_stage_t *model_stage_start(const model_stage_spec_t *spec);
+/* Stops the worker (after the task it is running), fails every job still held with 503, and
+ * frees everything. */
+void model_stage_stop(model_stage_t *ms, stage_t *st);
+
+/* The skeleton callbacks' bodies (each stage's own callbacks call these). */
+stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *job);
+void model_stage_tick(model_stage_t *ms, stage_t *st);
+uint32_t model_stage_inflight(const model_stage_t *ms);
+
+/* For compute functions: a malloc'd output of dtype and shape; NULL when out of memory. */
+void *gen_output_alloc(gen_task_t *task, int dtype, int ndim, const int64_t *shape);
+/* Sets the task's failure and returns -1. */
+int gen_task_fail(gen_task_t *task, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The model folder of the config ([model] path), or an error for the stage's init. */
+int model_stage_folder(const stage_t *st, const char *component, char *out, size_t outlen);
+
+#endif
