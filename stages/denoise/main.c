@@ -1,0 +1,152 @@
+/* diffusiond-denoise: the denoise stage. Loads the model folder's transformer/, the scheduler
+ * config and the VAE's latent statistics once; for each generation job it draws the seed's
+ * noise, runs the sampling loop with true CFG over the prompt embeddings the text stage
+ * attached, and attaches the de-normalised latents for the VAE (pipeline/gen_job.h), through
+ * pipeline/t2i.c, the code diffusiond-generate runs too. Jobs run one at a time, each sample
+ * alone (batching jobs of one size is a later step). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ipc/log.h"
+#include "ipc/stage.h"
+#include "nn/ops.h"
+#include "nn/qwen_image_dit.h"
+#include "nn/scheduler.h"
+#include "pipeline/model_stage.h"
+#include "pipeline/t2i.h"
+
+typedef struct {
+    nn_ctx_t ctx;
+    dit_t *dit;
+    sched_config_t sched;
+    float mean[SAMPLER_LATENT_CHANNELS], std[SAMPLER_LATENT_CHANNELS];
+    model_stage_t *ms;
+} denoise_stage_t;
+
+/* Input i as a prompt: embeds [1, L, D] f32 and its mask [1, L] f32. */
+static int take_text(const gen_task_t *t, uint32_t i, int64_t dim, t2i_text_t *out)
+{
+    const proto_tensor_ref_t *e = &t->in_ref[i], *m = &t->in_ref[i + 1];
+    if (e->dtype != PROTO_DTYPE_F32 || e->ndim != 3 || e->shape[0] != 1 || e->shape[1] < 1 ||
+        e->shape[2] != dim || m->dtype != PROTO_DTYPE_F32 || m->ndim != 2 ||
+        m->shape[0] != 1 || m->shape[1] != e->shape[1])
+        return -1;
+    *out = (t2i_text_t){.embeds = t->in[i], .mask = t->in[i + 1], .len = e->shape[1]};
+    return 0;
+}
+
+static bool should_stop(void *ctx)
+{
+    const gen_task_t *t = ctx;
+    return atomic_load(t->abort);
+}
+
+static int denoise_compute(void *model, gen_task_t *t)
+{
+    denoise_stage_t *ds = model;
+    const dit_config_t *c = dit_config(ds->dit);
+    const gen_params_t *gp = &t->params;
+    t2i_text_t pos, neg;
+    if (take_text(t, GEN_T_PROMPT, c->joint_attention_dim, &pos) != 0 ||
+        (t->n_in == 4 && take_text(t, GEN_T_NEG, c->joint_attention_dim, &neg) != 0))
+        return gen_task_fail(t, 500, "denoise: the prompt tensors have the wrong shape");
+    int h, w;
+    int64_t S;
+    sampler_latent_size(gp->height, gp->width, &h, &w, &S);
+    float *packed = malloc(sizeof(float) * (size_t)(S * 4 * SAMPLER_LATENT_CHANNELS));
+    int64_t shape[5] = {1, SAMPLER_LATENT_CHANNELS, 1, h, w};
+    float *out = packed ? gen_output_alloc(t, PROTO_DTYPE_F32, 5, shape) : NULL;
+    if (!out || t2i_initial_latents(gp->seed, gp->width, gp->height, packed) != 0) {
+        free(packed);
+        return gen_task_fail(t, 503, "denoise: out of memory");
+    }
+    t2i_params_t p = {
+        .width = gp->width, .height = gp->height, .steps = gp->steps,
+        .true_cfg_scale = (float)gp->true_cfg_scale, .prompt = pos,
+        .negative = t->n_in == 4 ? &neg : NULL, .stop = should_stop, .stop_ctx = t,
+    };
+    char err[512];
+    int rc = t2i_denoise(ds->dit, &ds->sched, &p, packed, ds->mean, ds->std, out, err, sizeof err);
+    free(packed);
+    if (rc != 0)
+        return gen_task_fail(t, atomic_load(t->abort) ? 503 : 500, "denoise: %s", err);
+    return 0;
+}
+
+static int denoise_init(stage_t *st, int argc, char **argv, void **state)
+{
+    (void)argc;
+    (void)argv;
+    char path[1024], err[1024];
+    denoise_stage_t *ds = calloc(1, sizeof *ds);
+    if (!ds || nn_ctx_init_cpu(&ds->ctx, stage_section(st)->threads) != 0)
+        return STAGE_EXIT_ERROR;
+    if (model_stage_folder(st, "transformer", path, sizeof path) != 0)
+        return STAGE_EXIT_CONFIG;
+    if (!(ds->dit = dit_load(path, &ds->ctx, err, sizeof err))) {
+        log_error("%s", err);
+        return STAGE_EXIT_CONFIG;
+    }
+    const dit_config_t *c = dit_config(ds->dit);
+    if (c->patch_size != 2 || c->in_channels != 4 * SAMPLER_LATENT_CHANNELS ||
+        c->out_channels != SAMPLER_LATENT_CHANNELS) {
+        log_error("%s: not a Qwen-Image text-to-image transformer (patch_size %d, in_channels "
+                  "%d, out_channels %d)", path, c->patch_size, c->in_channels, c->out_channels);
+        return STAGE_EXIT_CONFIG;
+    }
+    if (model_stage_folder(st, "scheduler/scheduler_config.json", path, sizeof path) != 0 ||
+        sched_config_load(&ds->sched, path, err, sizeof err) != 0) {
+        log_error("%s", err);
+        return STAGE_EXIT_CONFIG;
+    }
+    if (t2i_load_vae_stats(stage_config(st)->model.path, ds->mean, ds->std, err, sizeof err) != 0) {
+        log_error("%s", err[0] ? err : "the model folder has no vae/config.json");
+        return STAGE_EXIT_CONFIG;
+    }
+    model_stage_spec_t spec = {.what = "denoise", .min_inputs = 2, .max_inputs = 4,
+                               .compute = denoise_compute, .model = ds};
+    if (!(ds->ms = model_stage_start(&spec)))
+        return STAGE_EXIT_ERROR;
+    log_info("transformer loaded: %zu MiB of weights", dit_weight_bytes(ds->dit) >> 20);
+    *state = ds;
+    return 0;
+}
+
+static stage_job_result_t denoise_job(stage_t *st, void *state, stage_job_t *job)
+{
+    if (job->msg.n_tensors == 3) {
+        snprintf(job->msg.error_msg, sizeof job->msg.error_msg, "denoise: 3 tensors");
+        job->msg.error = 500;
+        return STAGE_JOB_FAILED;
+    }
+    return model_stage_job(((denoise_stage_t *)state)->ms, st, job);
+}
+
+static void denoise_tick(stage_t *st, void *state)
+{
+    model_stage_tick(((denoise_stage_t *)state)->ms, st);
+}
+
+static uint32_t denoise_inflight(stage_t *st, void *state)
+{
+    (void)st;
+    return model_stage_inflight(((denoise_stage_t *)state)->ms);
+}
+
+static void denoise_fini(stage_t *st, void *state)
+{
+    denoise_stage_t *ds = state;
+    model_stage_stop(ds->ms, st);
+    dit_free(&ds->dit);
+    nn_ctx_free(&ds->ctx);
+    free(ds);
+}
+
+int main(int argc, char **argv)
+{
+    static const stage_ops_t ops = {.init = denoise_init, .job = denoise_job,
+                                    .tick = denoise_tick, .inflight = denoise_inflight,
+                                    .fini = denoise_fini, .tick_ms = 5};
+    return stage_main(argc, argv, &ops);
+}
