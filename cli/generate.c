@@ -225,8 +225,9 @@ out:
 }
 
 /* The prompt and the negative prompt through MODEL/tokenizer and MODEL/text_encoder, each on
- * its own as the pipeline encodes them (encode_prompt is called once for each). The encoder is
- * freed before the denoising loop starts: it is the larger model. */
+ * its own as the pipeline encodes them (encode_prompt is called once for each). The caller
+ * runs this before it loads the transformer, and the encoder is freed on return, so the two
+ * models are never in memory together. */
 static int encode_prompts(const args_t *a, nn_ctx_t *ctx, int64_t dim, embeds_t *pos,
                           embeds_t *neg, char *err, size_t errlen)
 {
@@ -303,12 +304,15 @@ int main(int argc, char **argv)
     embeds_t pos = {0}, neg = {0};
     float *latents = NULL, *denorm = NULL;
 
-    snprintf(path, sizeof path, "%s/transformer", a.model);
-    if (!(dit = dit_load(path, &ctx, err, sizeof err))) {
+    /* The transformer's config first: its geometry is checked, and its text width taken,
+     * before anything large is loaded. */
+    dit_config_t dcfg;
+    const dit_config_t *dc = &dcfg;
+    snprintf(path, sizeof path, "%s/transformer/config.json", a.model);
+    if (dit_config_load(&dcfg, path, err, sizeof err) != 0) {
         fprintf(stderr, "diffusiond-generate: %s\n", err);
         goto out;
     }
-    const dit_config_t *dc = dit_config(dit);
     /* The sampler's latents are 2x2 patches of the VAE's 16 channels, in and out. */
     if (dc->patch_size != 2 || dc->in_channels != 4 * SAMPLER_LATENT_CHANNELS ||
         dc->out_channels != SAMPLER_LATENT_CHANNELS) {
@@ -333,6 +337,11 @@ int main(int argc, char **argv)
                                         a.max_sequence_length, &pos, err, sizeof err) != 0) ||
         (a.negative_embeds && load_embeds(a.negative_embeds, dc->joint_attention_dim, true,
                                           a.max_sequence_length, &neg, err, sizeof err) != 0)) {
+        fprintf(stderr, "diffusiond-generate: %s\n", err);
+        goto out;
+    }
+    snprintf(path, sizeof path, "%s/transformer", a.model);
+    if (!(dit = dit_load(path, &ctx, err, sizeof err))) {
         fprintf(stderr, "diffusiond-generate: %s\n", err);
         goto out;
     }

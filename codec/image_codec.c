@@ -13,11 +13,16 @@
 #include <string.h>
 
 #include <jpeglib.h>
+#include <jerror.h>
 #include <png.h>
 #include <webp/decode.h>
 #include <webp/encode.h>
 
-#define MAX_SIDE 65535
+#define MAX_SIDE 65535      /* PNG and decoding */
+#define JPEG_MAX_SIDE 65500 /* libjpeg's own limit */
+#define WEBP_MAX_SIDE 16383 /* the WebP format's */
+#define JPEG_MAX_SCANS 256  /* a progressive file needs ~10; thousands are a CPU attack */
+#define JPEG_MAX_MEMORY (512L << 20)
 
 int image_format_parse(const char *name, image_format_t *fmt)
 {
@@ -240,27 +245,70 @@ static void jpeg_on_error(j_common_ptr cinfo)
     longjmp(e->jump, 1);
 }
 
-static void jpeg_on_message(j_common_ptr cinfo) { (void)cinfo; } /* warnings: not printed */
+/* Warnings are counted (num_warnings) but not printed; the decoder turns any into an error. */
+static void jpeg_on_message(j_common_ptr cinfo) { (void)cinfo; }
+
+/* Our own destination: libjpeg's jpeg_mem_dest owns its buffer and may have moved it when an
+ * error unwinds, so it could be neither freed nor kept. This one grows a membuf_t that the
+ * caller owns whatever happens. */
+typedef struct {
+    struct jpeg_destination_mgr pub;
+    membuf_t buf;
+} jpeg_dest_t;
+
+static int jpeg_dest_grow(jpeg_dest_t *d, size_t used)
+{
+    size_t cap = d->buf.cap ? d->buf.cap * 2 : 65536;
+    uint8_t *data = realloc(d->buf.data, cap);
+    if (!data)
+        return -1;
+    d->buf.data = data;
+    d->buf.cap = cap;
+    d->pub.next_output_byte = data + used;
+    d->pub.free_in_buffer = cap - used;
+    return 0;
+}
+
+static void jpeg_dest_init(j_compress_ptr c)
+{
+    jpeg_dest_t *d = (jpeg_dest_t *)c->dest;
+    if (jpeg_dest_grow(d, 0) != 0)
+        ERREXIT1(c, JERR_OUT_OF_MEMORY, 0);
+}
+
+static boolean jpeg_dest_empty(j_compress_ptr c)
+{
+    jpeg_dest_t *d = (jpeg_dest_t *)c->dest;
+    if (jpeg_dest_grow(d, d->buf.cap) != 0) /* the whole buffer is full */
+        ERREXIT1(c, JERR_OUT_OF_MEMORY, 1);
+    return TRUE;
+}
+
+static void jpeg_dest_term(j_compress_ptr c)
+{
+    jpeg_dest_t *d = (jpeg_dest_t *)c->dest;
+    d->buf.len = d->buf.cap - d->pub.free_in_buffer;
+}
 
 static int jpeg_encode(const uint8_t *rgb, int width, int height, int quality, uint8_t **out,
                        size_t *out_len, char *err, size_t errlen)
 {
     struct jpeg_compress_struct c;
     jpeg_err_t jerr;
-    unsigned char *volatile mem = NULL;
-    unsigned long mem_len = 0;
+    jpeg_dest_t dest = {.pub = {.init_destination = jpeg_dest_init,
+                                .empty_output_buffer = jpeg_dest_empty,
+                                .term_destination = jpeg_dest_term}};
     c.err = jpeg_std_error(&jerr.mgr);
     jerr.mgr.error_exit = jpeg_on_error;
     jerr.mgr.output_message = jpeg_on_message;
     if (setjmp(jerr.jump)) {
         jpeg_destroy_compress(&c);
-        free(mem);
+        free(dest.buf.data);
         set_err(err, errlen, "jpeg: %s", jerr.msg);
         return -1;
     }
     jpeg_create_compress(&c);
-    unsigned char *dst = NULL;
-    jpeg_mem_dest(&c, &dst, &mem_len);
+    c.dest = &dest.pub;
     c.image_width = (JDIMENSION)width;
     c.image_height = (JDIMENSION)height;
     c.input_components = 3;
@@ -273,11 +321,22 @@ static int jpeg_encode(const uint8_t *rgb, int width, int height, int quality, u
         jpeg_write_scanlines(&c, &row, 1);
     }
     jpeg_finish_compress(&c);
-    mem = dst;
     jpeg_destroy_compress(&c);
-    *out = mem;
-    *out_len = mem_len;
+    *out = dest.buf.data;
+    *out_len = dest.buf.len;
     return 0;
+}
+
+/* Called by libjpeg as it reads: a progressive file with an absurd number of scans costs a
+ * full pass over the image per scan (libjpeg-turbo's advice for untrusted input). */
+static void jpeg_on_progress(j_common_ptr cinfo)
+{
+    j_decompress_ptr d = (j_decompress_ptr)cinfo;
+    if (d->is_decompressor && d->input_scan_number > JPEG_MAX_SCANS) {
+        jpeg_err_t *e = (jpeg_err_t *)cinfo->err;
+        snprintf(e->msg, sizeof e->msg, "more than %d progressive scans", JPEG_MAX_SCANS);
+        longjmp(e->jump, 1);
+    }
 }
 
 static int jpeg_decode(const uint8_t *buf, size_t len, int64_t max_pixels, uint8_t **rgb,
@@ -296,6 +355,9 @@ static int jpeg_decode(const uint8_t *buf, size_t len, int64_t max_pixels, uint8
         return -1;
     }
     jpeg_create_decompress(&d);
+    struct jpeg_progress_mgr progress = {.progress_monitor = jpeg_on_progress};
+    d.progress = &progress;
+    d.mem->max_memory_to_use = JPEG_MAX_MEMORY;
     jpeg_mem_src(&d, buf, (unsigned long)len);
     jpeg_read_header(&d, TRUE);
     if (d.jpeg_color_space == JCS_CMYK || d.jpeg_color_space == JCS_YCCK) {
@@ -324,6 +386,12 @@ static int jpeg_decode(const uint8_t *buf, size_t len, int64_t max_pixels, uint8
         jpeg_read_scanlines(&d, &row, 1);
     }
     jpeg_finish_decompress(&d);
+    /* libjpeg only warns about a file cut short (and pads the image with grey) or corrupt
+     * data it can skip: either way the picture is not the one that was sent */
+    if (jerr.mgr.num_warnings > 0) {
+        jerr.mgr.format_message((j_common_ptr)&d, jerr.msg);
+        longjmp(jerr.jump, 1);
+    }
     *width = (int)d.output_width;
     *height = (int)d.output_height;
     jpeg_destroy_decompress(&d);
@@ -394,9 +462,11 @@ int image_encode(image_format_t fmt, const uint8_t *rgb, int width, int height, 
 {
     *out = NULL;
     *out_len = 0;
-    if (width < 1 || height < 1 || width > MAX_SIDE || height > MAX_SIDE) {
-        set_err(err, errlen, "%s: cannot encode a %dx%d image", image_format_name(fmt), width,
-                height);
+    const int side = fmt == IMAGE_JPEG ? JPEG_MAX_SIDE : fmt == IMAGE_WEBP ? WEBP_MAX_SIDE
+                                                                            : MAX_SIDE;
+    if (width < 1 || height < 1 || width > side || height > side) {
+        set_err(err, errlen, "%s: cannot encode a %dx%d image (each side 1..%d)",
+                image_format_name(fmt), width, height, side);
         return -1;
     }
     if (quality < 0 || quality > 100) {

@@ -114,6 +114,7 @@ typedef struct {
     int32_t max_id;          /* largest id seen, -1 before any */
     size_t n_model;          /* model tokens */
     size_t n_kinds;          /* entries of tok->kind */
+    bool vocab_files;        /* loading vocab.json + merges.txt + tokenizer_config.json */
 } loader_t;
 
 static int fail(loader_t *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -430,6 +431,13 @@ static int add_added_token(loader_t *ld, int32_t id, const json_t *obj, const ch
         return -1;
     if (single_word)
         return fail(ld, "%s: single_word added tokens are not supported", where);
+    /* From these files transformers builds its tokenizer and drops lstrip/rstrip of special
+     * tokens, where tokenizers (tokenizer.json) honours them: the two references disagree, so
+     * refuse rather than follow one of them silently (Qwen's files set neither). */
+    if (ld->vocab_files && a.special && (a.lstrip || a.rstrip))
+        return fail(ld, "%s: lstrip/rstrip on a special token: transformers ignores them for "
+                    "tokenizer_config.json's tokens and tokenizers honours them; use "
+                    "tokenizer.json", where);
     const char *s = json_string_value(content);
     size_t len = json_string_length(content);
     if (len == 0)
@@ -449,6 +457,11 @@ static int add_added_token(loader_t *ld, int32_t id, const json_t *obj, const ch
         return fail(ld, "%s: \"%s\" has id %d but the vocabulary gives it %d", where, s,
                     (int)id, (int)known);
     }
+    /* an id that is a vocabulary token's would then mean two things (the reference gives
+     * such a token a fresh id instead, with a warning): refuse */
+    if (known < 0 && (size_t)id < ld->n_kinds && tok->kind && tok->kind[id] == TOK_ID_MODEL)
+        return fail(ld, "%s: \"%s\" has id %d, which a vocabulary token already has", where, s,
+                    (int)id);
     if (known < 0 && names_add(&tok->names, s, len, id) != 0)
         return out_of_memory(ld, where);
     a.content = strdup(s);
@@ -825,7 +838,8 @@ tokenizer_t *tokenizer_load_files(const char *dir, tokenizer_files_t files, char
         return NULL;
     }
     tok->files = files;
-    loader_t ld = {.tok = tok, .err = err, .errlen = errlen, .max_id = -1};
+    loader_t ld = {.tok = tok, .err = err, .errlen = errlen, .max_id = -1,
+                   .vocab_files = files == TOKENIZER_FILES_VOCAB};
     int rc = files == TOKENIZER_FILES_VOCAB ? load_vocab_files(&ld, dir)
                                             : load_json_file(&ld, dir);
     if (rc != 0) {

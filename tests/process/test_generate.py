@@ -174,7 +174,14 @@ def test_prompts_through_the_text_encoder_match_the_reference(tmp_path):
     r = run("--model", model, "--prompt", "dance monkey", "--negative-prompt", "", "--steps", "3",
             "--width", "48", "--height", "32", "--latents", PIPELINE_IO, "--dump", str(out2), "--quiet")
     assert r.returncode == 0, r.stderr
-    assert rel_err(read_safetensors(out2)["latents"][1], ref["final_latents"][1]) > 1e-3
+    empty_negative = read_safetensors(out2)["latents"][1]
+    assert rel_err(empty_negative, ref["final_latents"][1]) > 1e-3
+    # and it differs from no negative prompt at all (CFG off): "" is a negative prompt
+    out3 = tmp_path / "out3.safetensors"
+    r = run("--model", model, "--prompt", "dance monkey", "--steps", "3", "--true-cfg-scale", "4",
+            "--width", "48", "--height", "32", "--latents", PIPELINE_IO, "--dump", str(out3), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert rel_err(empty_negative, read_safetensors(out3)["latents"][1]) > 1e-3
 
 
 @pytest.mark.parametrize("prompt,message", [

@@ -65,13 +65,15 @@ static void round_trip(image_format_t fmt, int quality, double max_mean_err)
         fail_msg("%s q%d: mean error %.2f > %.2f", image_format_name(fmt), quality, e,
                  max_mean_err);
 
-    /* every truncation and a run of corrupted bytes: an error or a picture, never a crash */
-    for (size_t cut = 0; cut < len; cut += (cut < 64 ? 1 : 7)) {
-        uint8_t *d2;
+    /* every truncation is an error (JPEG's included, which libjpeg only warns about), and a
+     * run of corrupted bytes an error or a picture, never a crash */
+    for (size_t cut = 0; cut < len; cut += (cut < 64 || cut > len - 64 ? 1 : 7)) {
+        uint8_t *d2 = NULL;
+        err[0] = 0;
         if (image_decode(enc, cut, 1 << 20, &d2, &dw, &dh, &got, err, sizeof err) == 0)
-            free(d2);
-        else
-            assert_true(err[0] != 0);
+            fail_msg("%s cut to %zu of %zu bytes decoded", image_format_name(fmt), cut, len);
+        assert_true(err[0] != 0);
+        assert_null(d2);
     }
     for (size_t i = 20; i < len; i += len / 13 + 1) {
         uint8_t *bad = malloc(len), *d2;
@@ -190,6 +192,15 @@ static void test_not_an_image(void **state)
     assert_int_equal(image_encode(IMAGE_JPEG, px, 1, 1, 101, &out, &len, err, sizeof err), -1);
     assert_int_equal(image_encode(IMAGE_JPEG, px, 1, 1, 0, &out, &len, err, sizeof err), 0);
     free(out);
+    /* each format's own size limit, with a message that says so (and no leak: ASan) */
+    uint8_t *wide = calloc(65501 * 3, 1);
+    assert_int_equal(image_encode(IMAGE_JPEG, wide, 65501, 1, 90, &out, &len, err, sizeof err), -1);
+    assert_non_null(strstr(err, "1..65500"));
+    assert_int_equal(image_encode(IMAGE_WEBP, wide, 20000, 1, 90, &out, &len, err, sizeof err), -1);
+    assert_non_null(strstr(err, "1..16383"));
+    assert_int_equal(image_encode(IMAGE_JPEG, wide, 65500, 1, 90, &out, &len, err, sizeof err), 0);
+    free(out);
+    free(wide);
 }
 
 int main(void)

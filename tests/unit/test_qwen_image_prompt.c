@@ -150,7 +150,9 @@ static void check_case(const char *name)
                                   err, sizeof err) != 0)
         fail_msg("%s", err);
     check_embeds(&k, &cut, "sliced_embeds", "sliced_mask");
-    /* each prompt alone: its rows of the batch, bit for bit, and no mask (all real) */
+    /* each prompt alone: its rows of the batch, bit for bit, and no mask (all real). The batch
+     * runs every prompt on its own, so this holds by construction today; it guards the
+     * text stage's promise if batching inside the encoder ever comes */
     for (int b = 0; b < k.batch; b++) {
         if (qwen_image_encode_prompts(k.tok, k.enc, &k.prompts[b], 1, 1024, &alone, err,
                                       sizeof err) != 0)

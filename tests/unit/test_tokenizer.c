@@ -353,7 +353,13 @@ static void test_added_token_flags(void **state)
     write_json("tokenizer.json", tj);
     json_decref(tj);
     const json_t *texts = json_object_get(golden, "texts"), *ids = json_object_get(golden, "ids");
-    for (int files = TOKENIZER_FILES_VOCAB; files <= TOKENIZER_FILES_JSON; files++) {
+    /* vocab.json + tokenizer_config.json: transformers would drop lstrip/rstrip of the special
+     * tokens where tokenizers honours them, so that folder is refused, naming the token */
+    tokenizer_t *refused = tokenizer_load_files(tmp_dir, TOKENIZER_FILES_VOCAB, err, sizeof err);
+    assert_null(refused);
+    assert_non_null(strstr(err, "lstrip/rstrip on a special token"));
+    assert_non_null(strstr(err, "added_tokens_decoder[\"2295\"]"));
+    for (int files = TOKENIZER_FILES_JSON; files <= TOKENIZER_FILES_JSON; files++) {
         tokenizer_t *tok = load_ok(tmp_dir, (tokenizer_files_t)files);
         for (size_t i = 0; i < json_array_size(texts); i++) {
             const json_t *t = json_array_get(texts, i);
@@ -372,6 +378,24 @@ static void test_added_token_flags(void **state)
         tokenizer_free(&tok);
     }
     json_decref(golden);
+}
+
+/* An added token given the id of a vocabulary token: the id would mean two things (the
+ * reference quietly renumbers the added token), so the folder is refused, both kinds. */
+static void test_added_token_id_collision(void **state)
+{
+    (void)state;
+    clear_tmp();
+    copy_fixture("vocab.json");
+    copy_fixture("merges.txt");
+    json_t *tj = load_json(SMALL "/tokenizer.json");
+    json_array_append_new(json_object_get(tj, "added_tokens"),
+                          json_pack("{s:i, s:s, s:b}", "id", 100, "content", "<zz>", "special", 1));
+    write_json("tokenizer.json", tj);
+    json_decref(tj);
+    tokenizer_t *tok = tokenizer_load_files(tmp_dir, TOKENIZER_FILES_JSON, err, sizeof err);
+    assert_null(tok);
+    assert_non_null(strstr(err, "\"<zz>\" has id 100, which a vocabulary token already has"));
 }
 
 /* ---- input the reference cannot be given ---- */
@@ -792,6 +816,7 @@ int main(void)
         cmocka_unit_test(test_real_vocab_files),
         cmocka_unit_test(test_real_tokenizer_json),
         cmocka_unit_test(test_added_token_flags),
+        cmocka_unit_test(test_added_token_id_collision),
         cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_empty_and_nul),
         cmocka_unit_test(test_decode_bad_ids),

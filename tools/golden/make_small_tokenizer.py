@@ -10,8 +10,10 @@ megabytes. This keeps the same algorithm and files with fewer merges:
     KEEP_TEXTS (the pipeline's prompt template among them), so those texts tokenize to the same
     pieces as with the real vocabulary and the pipeline's drop of the first 34 tokens still cuts
     the template where it should;
-  - the 22 added tokens of Qwen2.5-VL (<|endoftext|> ... <|file_sep|>), numbered after the
-    vocabulary.
+  - the added tokens of the source folder's tokenizer_config.json, numbered after the
+    vocabulary: with ../shared/data/qwen2-tokenizer that is 26, the 22 of Qwen2.5-VL
+    (<|endoftext|> ... <|file_sep|>) and 4 of Qwen3 (<tool_response>, </tool_response>,
+    <think>, </think>) that a real Qwen-Image folder does not have.
 
 Ids are renumbered densely in rank order. The output folder has what a Qwen-Image folder's
 tokenizer/ has (vocab.json, merges.txt, tokenizer_config.json) and tokenizer.json.
