@@ -22,7 +22,7 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libzmq5 libmsgpackc2 libevent-2.1-7 libjpeg62-turbo libpng16-16 libwebp7 libwebpmux3 \
         libavcodec59 libavformat59 libavutil57 libswscale6 libsystemd0 libopenblas0 libinih1 \
-        libjansson4 libgomp1 libpcre2-8-0 libutf8proc2 \
+        libjansson4 libgomp1 libpcre2-8-0 libutf8proc2 libsodium23 \
         tini \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /var/lib/diffusiond --shell /usr/sbin/nologin diffusiond

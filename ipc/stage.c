@@ -122,6 +122,52 @@ const config_stage_t *stage_section(const stage_t *st) { return st->section; }
 const char *stage_runtime_dir(const stage_t *st) { return st->runtime_dir; }
 bool stage_draining(const stage_t *st) { return st->draining; }
 
+bool stage_peer_ready(const stage_t *st, const char *name)
+{
+    bool any = false;
+    for (uint32_t i = 0; st->have_roster && i < st->roster.n; i++) {
+        const proto_roster_entry_t *e = &st->roster.entries[i];
+        if (strcmp(e->stage, name) != 0)
+            continue;
+        if (e->state != PROTO_SLOT_UP)
+            return false;
+        any = true;
+    }
+    return any;
+}
+
+static bool stage_state_alive(uint8_t state);
+
+uint32_t stage_peer_gens(const stage_t *st, const char *name, uint32_t *gens, uint32_t max)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; st->have_roster && i < st->roster.n && n < max; i++) {
+        const proto_roster_entry_t *e = &st->roster.entries[i];
+        if (strcmp(e->stage, name) == 0 && stage_state_alive(e->state))
+            gens[n++] = e->gen;
+    }
+    return n;
+}
+
+bool stage_gen_alive(const stage_t *st, uint32_t gen)
+{
+    for (uint32_t i = 0; st->have_roster && i < st->roster.n; i++)
+        if (st->roster.entries[i].gen == gen)
+            return stage_state_alive(st->roster.entries[i].state);
+    return false;
+}
+
+uint32_t stage_peer_gen(const stage_t *st, const char *name)
+{
+    uint32_t gen = 0;
+    for (uint32_t i = 0; st->have_roster && i < st->roster.n; i++) {
+        const proto_roster_entry_t *e = &st->roster.entries[i];
+        if (strcmp(e->stage, name) == 0 && e->gen > gen)
+            gen = e->gen;
+    }
+    return gen;
+}
+
 /* ---- sending messages ---------------------------------------------------------------------- */
 
 /* Encodes and sends msg; returns 0, or -1 (errno EAGAIN when the peer's queue is full). */
@@ -486,7 +532,11 @@ static void stage_fail_to_origin(stage_t *st, stage_job_t *job, int code, const 
 {
     stage_release_tensors(st, job);
     job->msg.error = code;
-    snprintf(job->msg.error_msg, sizeof job->msg.error_msg, "%s", msg);
+    /* msg may be job->msg.error_msg itself (a callback's STAGE_JOB_FAILED): snprintf with
+     * overlapping buffers is undefined (glibc empties it), so copy through a local. */
+    char text[PROTO_ERROR_MAX];
+    snprintf(text, sizeof text, "%s", msg);
+    memcpy(job->msg.error_msg, text, sizeof text);
     job->msg.params = NULL;
     job->msg.params_len = 0;
     job->msg.n_route = 1;

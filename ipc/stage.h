@@ -76,6 +76,22 @@ const char *stage_runtime_dir(const stage_t *st);
 /* True once the supervisor asked for a drain: take no new work. */
 bool stage_draining(const stage_t *st);
 
+/* The roster as this process last heard it (read-only views for origins such as ingress).
+ * stage_peer_ready: the roster names at least one slot of stage `name` and every one of them
+ * is UP (false before the first roster). stage_peer_gen: the largest generation among the
+ * slots of `name` (0 when none ran): it grows whenever one of its replicas is restarted (every
+ * spawn takes a new generation from one counter), so an origin that remembers it when it sends
+ * a job can tell later that a process which may have held the job has been replaced. */
+bool stage_peer_ready(const stage_t *st, const char *name);
+uint32_t stage_peer_gen(const stage_t *st, const char *name);
+/* The generations of the live processes (STARTING, UP, DRAINING, RETIRING) of stage `name`,
+ * at most max of them into gens; returns how many. With stage_gen_alive, an origin that
+ * keeps them when it sends a job can tell later that a process which may have held the job
+ * is gone (a new replica starting does not count: it cannot hold an older job). */
+uint32_t stage_peer_gens(const stage_t *st, const char *name, uint32_t *gens, uint32_t max);
+/* True while generation gen names a live process in the roster. */
+bool stage_gen_alive(const stage_t *st, uint32_t gen);
+
 /* Allocates a tensor in this stage's pool, held by this process. Returns 0 and fills *ref and
  * *data, or -1 when the pool is full (try again later) or the request is out of bounds. */
 int stage_tensor_alloc(stage_t *st, int dtype, int ndim, const int64_t *shape,

@@ -44,6 +44,23 @@ typedef struct {
     int restart_window_ms;      /* restart_window_ms = 300000 ... per this window, per replica */
     int throttle_ms;            /* throttle_ms = 10000: delay for a stage that died before its
                                    first job (likely to die again the same way) */
+    /* The HTTP API's limits (read by the ingress stage). */
+    uint64_t http_body_max;     /* http_body_max = 1M: request body bytes (413 above) */
+    int http_prompt_max;        /* http_prompt_max = 8192: prompt bytes (also negative_prompt) */
+    int http_pixels_max;        /* http_pixels_max = 4194304: width x height of one image */
+    int http_steps_max;         /* http_steps_max = 100: num_inference_steps */
+    int http_n_max;             /* http_n_max = 10: images per request */
+    int http_queue_max;         /* http_queue_max = 64: requests accepted and not yet answered */
+    int http_timeout_ms;        /* http_timeout_ms = 600000: a request unanswered this long gets
+                                   504 and its jobs are cancelled */
+    int http_io_timeout_ms;     /* http_io_timeout_ms = 30000: a connection idle this long while
+                                   reading a request or writing an answer is closed */
+    char http_api_keys[CONFIG_ARGS_MAX]; /* http_api_keys = (empty): bearer tokens separated by
+                                            spaces; empty: no auth (unless a key file) */
+    char http_api_key_file[CONFIG_PATH_MAX]; /* http_api_key_file = (empty): a file with one
+                                                token per line */
+    char http_model[CONFIG_NAME_MAX * 2]; /* http_model = (empty): the model name requests
+                                             must name; empty: any model is accepted */
 } config_server_t;
 
 typedef struct {

@@ -16,8 +16,10 @@ passed=0 failed=0 skipped=0
 failures=()
 
 
-tally() { # $1: pytest's output; $2: a word of its summary line ("3 passed, 1 failed in 2.0s")
-  grep -E '^[=]* ?[0-9]+ [a-z]+.* in [0-9.]+s' "$1" | tail -n 1 | grep -Eo "[0-9]+ $2" | cut -d' ' -f1
+tally() { # $1: pytest's output; $2: a word of its summary lines ("3 passed, 1 failed in 2.0s"),
+          # summed over every pytest run in the output
+  grep -E '^[=]* ?[0-9]+ [a-z]+.* in [0-9.]+s' "$1" | grep -Eo "[0-9]+ $2" | cut -d' ' -f1 |
+    awk '{ n += $1 } END { print n + 0 }'
 }
 
 count() { # $1: file with the output; $2: regex capturing a number; the sum of every match
@@ -70,6 +72,11 @@ for build in "${builds[@]}"; do
     echo "== process tests ($build)"
     out=$(mktemp)
     DIFFUSIOND_BUILD="$(pwd)/$build" "$PYTHON" -m pytest -p no:cacheprovider -q tests/process 2>&1 | tee "$out"
+    # The HTTP API tests (tests/api), counted with the process tests; -m "not slow" skips
+    # the long ones where PYTEST_API_ARGS says so.
+    echo "== API tests ($build)"
+    DIFFUSIOND_BUILD="$(pwd)/$build" "$PYTHON" -m pytest -p no:cacheprovider -q --rootdir tests/api \
+      ${PYTEST_API_ARGS:-} tests/api 2>&1 | tee -a "$out"
     p=$(tally "$out" passed) f=$(tally "$out" failed) e=$(tally "$out" error) s=$(tally "$out" skipped)
     p=${p:-0} f=${f:-0} e=${e:-0} s=${s:-0}
     if [ $((p + f + e + s)) -eq 0 ]; then f=1; fi # pytest itself failed

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config clang libclang-rt-dev   # C11 toolchain; clang for libFuzzer
   libzmq3-dev libmsgpack-dev                          # control plane: ZeroMQ + msgpack-c
-  libevent-dev                                        # HTTP ingress
+  libevent-dev libsodium-dev                          # HTTP ingress; base64, constant-time compare
   libjpeg62-turbo-dev libpng-dev libwebp-dev          # image codecs
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev   # MP4 output
   libsystemd-dev                                      # sd_notify

@@ -5,6 +5,11 @@
  *           not come back in --retry-ms; counts a job done when the result shows the sink's mark.
  *   relay   checks the pattern where the source wrote it and forwards the same reference.
  *   sink    checks the whole pattern, writes its mark into the tensor, forwards it.
+ *   gen     stands in for one model stage of a text-to-image job (pipeline/gen_job.h) with
+ *           --step text|denoise|vae|encode, for the API tests: it checks the job's params;
+ *           denoise sleeps --delay-ms in 20 ms steps and stops early when the job is cancelled
+ *           (pipeline/cancel.h); encode attaches a real PNG/JPEG/WebP file of the asked size.
+ *           A prompt containing "FAIL400" is refused with 400 by the text step.
  * A failed job (its error says which stage could not take it) ends there, or with --retry-ms
  * is sent again when its time comes.
  * Each role appends one line per event to <runtime_dir>/<role>.<replica>.log with the segment
@@ -19,12 +24,15 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "codec/image_codec.h"
 #include "ipc/log.h"
 #include "ipc/stage.h"
+#include "pipeline/cancel.h"
+#include "pipeline/gen_job.h"
 
 #define SINK_MARK 0x5EEDF00DCAFEBABEull
 
-typedef enum { ROLE_SOURCE, ROLE_RELAY, ROLE_SINK } role_t;
+typedef enum { ROLE_SOURCE, ROLE_RELAY, ROLE_SINK, ROLE_GEN } role_t;
 
 typedef struct {
     uint64_t id;
@@ -44,6 +52,8 @@ typedef struct {
     char route[PROTO_MAX_ROUTE][PROTO_NAME_MAX];
     uint32_t n_route;
     int log_fd;
+    char step[16];        /* gen: text, denoise, vae or encode */
+    gen_cancel_t *cancel; /* gen: the origins' cancel tables */
 
     uint64_t next_id;
     int64_t next_job_ms;
@@ -96,6 +106,7 @@ static int teststage_init(stage_t *st, int argc, char **argv, void **state)
         {"bytes", required_argument, NULL, 'b'},    {"interval-ms", required_argument, NULL, 'i'},
         {"inflight", required_argument, NULL, 'n'}, {"retry-ms", required_argument, NULL, 't'},
         {"delay-ms", required_argument, NULL, 'd'}, {"route", required_argument, NULL, 'R'},
+        {"step", required_argument, NULL, 'p'},
         {NULL, 0, NULL, 0},
     };
     teststage_t *ts = calloc(1, sizeof *ts);
@@ -125,6 +136,7 @@ static int teststage_init(stage_t *st, int argc, char **argv, void **state)
             if (strcmp(optarg, "source") == 0) ts->role = ROLE_SOURCE;
             else if (strcmp(optarg, "relay") == 0) ts->role = ROLE_RELAY;
             else if (strcmp(optarg, "sink") == 0) ts->role = ROLE_SINK;
+            else if (strcmp(optarg, "gen") == 0) ts->role = ROLE_GEN;
             else bad = 1;
             break;
         case 'j': ts->jobs = strtoull(optarg, NULL, 10); break;
@@ -136,16 +148,26 @@ static int teststage_init(stage_t *st, int argc, char **argv, void **state)
         case 't': ts->retry_ms = atoi(optarg); break;
         case 'd': ts->delay_ms = atoi(optarg); break;
         case 'R': if (parse_route(ts, optarg) != 0) bad = 1; break;
+        case 'p': snprintf(ts->step, sizeof ts->step, "%s", optarg); break;
         default: bad = 1; break;
         }
     }
     free(args);
     if (bad || !role_set || ts->max_inflight == 0 || ts->bytes % 8 != 0) {
-        log_error("bad arguments: want --role source|relay|sink [--jobs N --bytes SIZE "
+        log_error("bad arguments: want --role source|relay|sink|gen [--step S] [--jobs N --bytes SIZE "
                   "(a multiple of 8) --interval-ms N --inflight N --retry-ms N --route a,b] "
                   "[--delay-ms N]");
         free(ts);
         return STAGE_EXIT_CONFIG;
+    }
+    if (ts->role == ROLE_GEN) {
+        if (strcmp(ts->step, "text") && strcmp(ts->step, "denoise") && strcmp(ts->step, "vae") &&
+            strcmp(ts->step, "encode")) {
+            log_error("--role gen wants --step text|denoise|vae|encode");
+            free(ts);
+            return STAGE_EXIT_CONFIG;
+        }
+        ts->cancel = gen_cancel_new(stage_config(st)->server.instance);
     }
     if (ts->role == ROLE_SOURCE) {
         /* The result comes back to this stage: it is the last step of every route. */
@@ -291,11 +313,72 @@ static stage_job_result_t source_result(stage_t *st, teststage_t *ts, stage_job_
     return STAGE_JOB_FORWARD; /* the route is empty: the skeleton releases the tensor */
 }
 
+static stage_job_result_t gen_fail(stage_job_t *job, int code, const char *msg)
+{
+    job->msg.error = code;
+    snprintf(job->msg.error_msg, sizeof job->msg.error_msg, "%s", msg);
+    return STAGE_JOB_FAILED;
+}
+
+/* One step of a text-to-image job, as the model stages will do it, without a model. */
+static stage_job_result_t gen_job(stage_t *st, teststage_t *ts, stage_job_t *job)
+{
+    gen_params_t p;
+    char err[256];
+    if (gen_params_decode(job->msg.params, job->msg.params_len, &p, err, sizeof err) != 0)
+        return gen_fail(job, 400, err);
+    teststage_log(ts, "gen step=%s id=%llu attempt=%u seed=%llu", ts->step,
+                  (unsigned long long)job->msg.id, job->msg.attempt,
+                  (unsigned long long)p.seed);
+    stage_job_result_t r = STAGE_JOB_FORWARD;
+    if (strcmp(ts->step, "text") == 0 && strstr(p.prompt, "FAIL400")) {
+        r = gen_fail(job, 400, "the prompt asked for a failure (FAIL400)");
+    } else if (strcmp(ts->step, "denoise") == 0) {
+        for (int t = 0; t < ts->delay_ms; t += 20) {
+            if (gen_cancel_check(ts->cancel, job->msg.origin_slot, job->msg.origin_gen,
+                                 job->msg.id)) {
+                teststage_log(ts, "cancelled id=%llu attempt=%u", (unsigned long long)job->msg.id,
+                              job->msg.attempt);
+                r = gen_fail(job, 499, "cancelled");
+                break;
+            }
+            usleep(20000);
+        }
+    } else if (strcmp(ts->step, "encode") == 0) {
+        stage_job_release_tensors(st, job);
+        size_t npix = (size_t)p.width * (size_t)p.height;
+        uint8_t *rgb = malloc(npix * 3), *file = NULL;
+        size_t len = 0;
+        static const image_format_t fmts[] = {IMAGE_PNG, IMAGE_JPEG, IMAGE_WEBP};
+        for (size_t i = 0; rgb && i < npix * 3; i++)
+            rgb[i] = (uint8_t)(i * 7 + p.seed);
+        if (!rgb || image_encode(fmts[p.format], rgb, p.width, p.height, p.quality, &file, &len,
+                                 err, sizeof err) != 0) {
+            r = gen_fail(job, 500, rgb ? err : "out of memory");
+        } else {
+            int64_t shape[1] = {(int64_t)len};
+            void *data;
+            if (stage_tensor_alloc(st, PROTO_DTYPE_U8, 1, shape, &job->msg.tensors[0], &data) != 0) {
+                r = gen_fail(job, 503, "encode pool full");
+            } else {
+                memcpy(data, file, len);
+                job->msg.n_tensors = 1;
+            }
+        }
+        free(rgb);
+        free(file);
+    }
+    gen_params_free(&p);
+    return r;
+}
+
 static stage_job_result_t teststage_job(stage_t *st, void *state, stage_job_t *job)
 {
     teststage_t *ts = state;
     if (ts->role == ROLE_SOURCE)
         return source_result(st, ts, job);
+    if (ts->role == ROLE_GEN)
+        return gen_job(st, ts, job);
     if (job->msg.n_tensors != 1 || job->msg.tensors[0].bytes < 16) {
         snprintf(job->msg.error_msg, sizeof job->msg.error_msg, "want one tensor of >= 16 bytes");
         job->msg.error = 400;
@@ -334,6 +417,7 @@ static void teststage_fini(stage_t *st, void *state)
     teststage_t *ts = state;
     teststage_log(ts, "exit outstanding=%u", teststage_inflight(st, state));
     close(ts->log_fd);
+    gen_cancel_free(&ts->cancel);
     free(ts->out);
     free(ts);
 }

@@ -64,6 +64,17 @@ static void test_defaults_match_header(void **state)
     assert_int_equal(s->restart_budget, 10);
     assert_int_equal(s->restart_window_ms, 300000);
     assert_int_equal(s->throttle_ms, 10000);
+    assert_int_equal(s->http_body_max, 1u << 20);
+    assert_int_equal(s->http_prompt_max, 8192);
+    assert_int_equal(s->http_pixels_max, 4194304);
+    assert_int_equal(s->http_steps_max, 100);
+    assert_int_equal(s->http_n_max, 10);
+    assert_int_equal(s->http_queue_max, 64);
+    assert_int_equal(s->http_timeout_ms, 600000);
+    assert_int_equal(s->http_io_timeout_ms, 30000);
+    assert_string_equal(s->http_api_keys, "");
+    assert_string_equal(s->http_api_key_file, "");
+    assert_string_equal(s->http_model, "");
     assert_string_equal(cfg.model.path, "");
     assert_string_equal(cfg.model.dtype, "f32");
     assert_int_equal(cfg.n_stages, 0);
@@ -166,7 +177,7 @@ static void test_default_conf_documents_every_key(void **state)
                                  keys[s], 32);
         assert_true(n_keys[s] >= 2);
     }
-    assert_int_equal(n_keys[0], 14);
+    assert_int_equal(n_keys[0], 25);
     assert_int_equal(n_keys[1], 2);
     assert_int_equal(n_keys[2], 9);
 

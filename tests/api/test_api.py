@@ -1,0 +1,390 @@
+"""The HTTP API's routes, errors and limits against the real ingress (see conftest.py)."""
+import base64
+import json
+import re
+import struct
+import time
+
+import pytest
+
+from conftest import gen_stages, wait_for, SLOW
+
+
+def image_size(data):
+    """(format, width, height) from a PNG, JPEG or WebP file's header: stdlib only."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        w, h = struct.unpack(">II", data[16:24])
+        return "png", w, h
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xC0, 0xC1, 0xC2):
+                h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                return "jpeg", w, h
+            seglen = struct.unpack(">H", data[i + 2:i + 4])[0]
+            i += 2 + seglen
+        return "jpeg", None, None
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kind = data[12:16]
+        if kind == b"VP8L":
+            b = int.from_bytes(data[21:25], "little")
+            return "webp", (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<HH", data[26:30])
+            return "webp", w & 0x3FFF, h & 0x3FFF
+        if kind == b"VP8X":
+            w = int.from_bytes(data[24:27], "little") + 1
+            h = int.from_bytes(data[27:30], "little") + 1
+            return "webp", w, h
+    return None, None, None
+
+
+def test_health_ready_openapi_metrics(api):
+    a = api()
+    assert a.alive()
+    status, hdrs, body = a.json("GET", "/ready")
+    assert status == 200 and body["status"] == "ready"
+    assert set(body["stages"]) == {"ingress", "text", "denoise", "vae", "encode"}
+    status, hdrs, doc = a.json("GET", "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {"/v1/images/generations", "/health", "/ready", "/metrics",
+                                 "/openapi.json"}
+    props = doc["components"]["schemas"]["ImageGenerationRequest"]["properties"]
+    assert {"prompt", "n", "size", "seed", "negative_prompt", "num_inference_steps",
+            "true_cfg_scale", "max_sequence_length", "output_format"} <= set(props)
+    status, hdrs, text = a.request("GET", "/metrics")
+    assert status == 200 and hdrs["Content-Type"].startswith("text/plain")
+    samples = parse_metrics(text.decode())
+    assert samples[("diffusiond_stage_ready", (("stage", "text"),))] == 1
+    assert ("diffusiond_queue_requests", ()) in samples
+
+
+def parse_metrics(text):
+    """Prometheus text format 0.0.4, strictly: every line a comment or NAME{LABELS} VALUE."""
+    out = {}
+    line_re = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        m = line_re.match(line)
+        assert m, f"not a metrics line: {line!r}"
+        labels = tuple(re.findall(r'([a-zA-Z_]+)="([^"]*)"', m.group(3) or ""))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+def test_generate_every_format(api):
+    a = api()
+    for fmt in ("png", "jpeg", "webp"):
+        status, _, body = a.generate(output_format=fmt, size="48x32", n=2, seed=7,
+                                     output_compression=90)
+        assert status == 200, body
+        assert body["output_format"] == fmt and body["size"] == "48x32"
+        assert body["seed"] == 7 and [d["seed"] for d in body["data"]] == [7, 8]
+        assert isinstance(body["created"], int) and len(body["data"]) == 2
+        for d in body["data"]:
+            assert image_size(base64.b64decode(d["b64_json"])) == (fmt, 48, 32)
+    # a random seed is reported back, below 2^53
+    status, _, body = a.generate()
+    assert status == 200 and 0 <= body["seed"] < 2 ** 53
+    samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
+    assert samples[("diffusiond_images_total", ())] == 7
+    assert samples[("diffusiond_request_seconds_count", ())] == 4
+    key = ("diffusiond_http_requests_total",
+           (("route", "/v1/images/generations"), ("status", "200")))
+    assert samples[key] == 4
+
+
+def test_seed_as_string_and_each_image_its_seed(api):
+    a = api()
+    status, _, body = a.generate(seed="18446744073709551615", n=1)
+    assert status == 200 and body["seed"] == "18446744073709551615"
+    lines = a.svc.stage_log("text")
+    assert any("seed=18446744073709551615" in l for l in lines)
+
+
+def test_stage_failure_is_the_clients_status(api):
+    a = api()
+    status, _, body = a.generate(prompt="please FAIL400")
+    assert status == 400 and "FAIL400" in body["error"]["message"]
+    assert a.alive()
+
+
+BAD_BODIES = [
+    # (body bytes, expected status, expected param or None)
+    (b"", 400, None),
+    (b"{", 400, None),
+    (b"not json", 400, None),
+    (b"[]", 400, None),
+    (b'"a string"', 400, None),
+    (b"null", 400, None),
+    (b'{"prompt": "a", "prompt": "b"}', 400, None),
+    (b'{}', 400, "prompt"),
+    (b'{"prompt": ""}', 400, "prompt"),
+    (b'{"prompt": 5}', 400, "prompt"),
+    (b'{"prompt": null}', 400, "prompt"),
+    (b'{"prompt": ["a"]}', 400, "prompt"),
+    (b'{"prompt": "a\\u0000b"}', 400, None),
+    (b'{"prompt": "\xff\xfe"}', 400, None),
+    (b'{"prompt": "a", "n": 0}', 400, "n"),
+    (b'{"prompt": "a", "n": 11}', 400, "n"),
+    (b'{"prompt": "a", "n": -1}', 400, "n"),
+    (b'{"prompt": "a", "n": 1.5}', 400, "n"),
+    (b'{"prompt": "a", "n": "2"}', 400, "n"),
+    (b'{"prompt": "a", "n": true}', 400, "n"),
+    (b'{"prompt": "a", "n": 99999999999999999999999}', 400, None),
+    (b'{"prompt": "a", "size": "100x100"}', 400, "size"),
+    (b'{"prompt": "a", "size": "0x0"}', 400, "size"),
+    (b'{"prompt": "a", "size": "-16x16"}', 400, "size"),
+    (b'{"prompt": "a", "size": "16x16x16"}', 400, "size"),
+    (b'{"prompt": "a", "size": "4096x4096"}', 400, "size"),
+    (b'{"prompt": "a", "size": 1024}', 400, "size"),
+    (b'{"prompt": "a", "size": " 64x64"}', 400, "size"),
+    (b'{"prompt": "a", "response_format": "url"}', 400, "response_format"),
+    (b'{"prompt": "a", "response_format": "gif"}', 400, "response_format"),
+    (b'{"prompt": "a", "output_format": "gif"}', 400, "output_format"),
+    (b'{"prompt": "a", "output_compression": 101}', 400, "output_compression"),
+    (b'{"prompt": "a", "output_compression": -5}', 400, "output_compression"),
+    (b'{"prompt": "a", "num_inference_steps": 0}', 400, "num_inference_steps"),
+    (b'{"prompt": "a", "num_inference_steps": 100000}', 400, "num_inference_steps"),
+    (b'{"prompt": "a", "true_cfg_scale": -1}', 400, "true_cfg_scale"),
+    (b'{"prompt": "a", "true_cfg_scale": 1e308}', 400, "true_cfg_scale"),
+    (b'{"prompt": "a", "true_cfg_scale": "4"}', 400, "true_cfg_scale"),
+    (b'{"prompt": "a", "seed": -1}', 400, "seed"),
+    (b'{"prompt": "a", "seed": 1.5}', 400, "seed"),
+    (b'{"prompt": "a", "seed": "18446744073709551616"}', 400, "seed"),
+    (b'{"prompt": "a", "seed": "12abc"}', 400, "seed"),
+    (b'{"prompt": "a", "max_sequence_length": 0}', 400, "max_sequence_length"),
+    (b'{"prompt": "a", "max_sequence_length": 1025}', 400, "max_sequence_length"),
+    (b'{"prompt": "a", "negative_prompt": 3}', 400, "negative_prompt"),
+    (b'{"prompt": "a", "background": "transparent"}', 400, "background"),
+    (b'{"prompt": "a", "stream": true}', 400, "stream"),
+    (b'{"prompt": "a", "quality": "ultra"}', 400, "quality"),
+    (b'{"prompt": "a", "style": "weird"}', 400, "style"),
+    (b'{"prompt": "a", "moderation": "none"}', 400, "moderation"),
+    (b'{"prompt": "a", "frobnicate": 1}', 400, None),
+    (b'{"prompt": "a", "user": 5}', 400, "user"),
+    (b'{"prompt": "' + b"x" * 9000 + b'"}', 400, "prompt"),
+    (b'[' * 5000 + b']' * 5000, 400, None),
+]
+
+
+@pytest.mark.parametrize("body,status,param", BAD_BODIES,
+                         ids=[f"bad{i}" for i in range(len(BAD_BODIES))])
+def test_bad_bodies(api_shared, body, status, param):
+    a = api_shared
+    got, hdrs, data = a.request("POST", "/v1/images/generations", body,
+                                {"Content-Type": "application/json"})
+    assert got == status, data
+    err = json.loads(data)["error"]
+    assert err["type"] == "invalid_request_error" and err["message"] and err["code"]
+    if param:
+        assert err["param"] == param
+    assert a.alive()
+
+
+@pytest.fixture(scope="module")
+def api_shared(tmp_path_factory):
+    """One service (no model stages: validation needs none) for the bad-request corpus."""
+    import conftest as c
+    made = []
+    port = c.free_port()
+    import tempfile, os, itertools
+    tmp = tempfile.mkdtemp(prefix="diffusiond-api-")
+    instance = f"a{os.getpid()}x{id(made) % 100000}"
+    runtime = os.path.join(tmp, "run")
+    text = c.proc.make_config(instance, runtime, gen_stages(with_models=False),
+                              listen=f"127.0.0.1:{port}")
+    svc = c.proc.Service(tmp, instance, text).start()
+    a = c.Api(svc, port)
+
+    def up():
+        try:
+            return a.request("GET", "/health", timeout=1)[0] == 200
+        except OSError:
+            return False
+    wait_for(up, 15, "the HTTP server")
+    yield a
+    svc.cleanup()
+    log = svc.log_text()
+    bad = [l for l in log.splitlines() if c.proc.SANITIZER_REPORT.search(l)]
+    assert not bad, "\n".join(bad[:20])
+
+
+def test_not_ready_without_model_stages(api_shared):
+    status, hdrs, body = api_shared.json("GET", "/ready")
+    assert status == 503 and "Retry-After" in hdrs and body["status"] == "not ready"
+    assert "text" in body["reason"]
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("GET", "/nope", 404), ("POST", "/v1/images/edits", 404), ("GET", "/", 404),
+    ("GET", "/v1/images/generations", 405), ("PUT", "/v1/images/generations", 405),
+    ("DELETE", "/health", 405), ("POST", "/health", 405), ("PATCH", "/metrics", 405),
+    ("POST", "/ready", 405), ("OPTIONS", "/openapi.json", 405),
+])
+def test_routes_and_methods(api_shared, method, path, status):
+    got, hdrs, data = api_shared.request(method, path, b"{}" if method != "GET" else None,
+                                         {"Content-Type": "application/json"})
+    assert got == status
+    assert json.loads(data)["error"]["code"] in ("not_found", "method_not_allowed")
+    if status == 405:
+        assert "Allow" in hdrs
+    assert api_shared.alive()
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded",
+                                   "multipart/form-data; boundary=x", "application/jsonx"])
+def test_content_types(api_shared, ctype):
+    headers = {"Content-Type": ctype} if ctype else {}
+    got, _, data = api_shared.request("POST", "/v1/images/generations", b'{"prompt":"a"}',
+                                      headers)
+    assert got == 415 and json.loads(data)["error"]["code"] == "unsupported_media_type"
+
+
+def test_json_content_type_with_charset_is_accepted(api_shared):
+    got, _, data = api_shared.request("POST", "/v1/images/generations", b'{"prompt":""}',
+                                      {"Content-Type": "Application/JSON; charset=utf-8"})
+    assert got == 400 and json.loads(data)["error"]["param"] == "prompt"
+
+
+def test_oversized_bodies(api_shared):
+    a = api_shared
+    big = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
+    got, _, _ = a.request("POST", "/v1/images/generations", big,
+                          {"Content-Type": "application/json"})
+    assert got == 413
+    # a Content-Length over the limit is refused before the body is sent
+    code = a.raw(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: 999999999\r\n\r\n")
+    assert code == 413
+    assert a.alive()
+
+
+def test_malformed_http(api_shared):
+    a = api_shared
+    assert a.raw(b"GARBAGE\r\n\r\n") in (0, 400)
+    assert a.raw(b"GET /health HTTP/9.9\r\n\r\n") in (0, 400, 505)
+    assert a.raw(b"\x00\x01\x02\xff\r\n\r\n") in (0, 400)
+    # a header flood: 100 KB of headers
+    flood = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: " + b"a" * 1000 + b"\r\n" * 1
+    flood += b"".join(b"X-%d: %s\r\n" % (i, b"b" * 1000) for i in range(100)) + b"\r\n"
+    assert a.raw(flood) in (0, 400, 413, 431)
+    assert a.alive()
+
+
+def test_slow_client_does_not_block_others(api_shared):
+    """A client sending a byte at a time keeps its connection, and others are served."""
+    import socket
+    a = api_shared
+    s = socket.create_connection(("127.0.0.1", a.port))
+    req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    for i, byte in enumerate(req[:-1]):
+        s.sendall(bytes([byte]))
+        if i % 8 == 0:
+            t0 = time.monotonic()
+            assert a.alive()
+            assert time.monotonic() - t0 < 1.0 * SLOW
+        time.sleep(0.02)
+    s.sendall(req[-1:])
+    s.settimeout(5 * SLOW)
+    assert s.recv(100).startswith(b"HTTP/1.1 200")
+    s.close()
+
+
+def test_idle_connection_is_closed(api):
+    """http_io_timeout_ms closes a connection that stops sending mid-request."""
+    import socket
+    a = api(stages=gen_stages(with_models=False), wait_ready=False, http_io_timeout_ms=300)
+    s = socket.create_connection(("127.0.0.1", a.port))
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n")
+    s.settimeout(10 * SLOW)
+    t0 = time.monotonic()
+    data = s.recv(1000)  # libevent closes it (maybe after a 408/400 line)
+    while data and not data.endswith(b"\r\n\r\n"):
+        more = s.recv(1000)
+        if not more:
+            break
+        data += more
+    assert time.monotonic() - t0 < 5 * SLOW
+    s.close()
+    assert a.alive()
+
+
+def test_auth(api):
+    a = api(stages=gen_stages(with_models=False), wait_ready=False,
+            http_api_keys="s3cret other-key")
+    assert a.alive()  # /health stays open
+    for path in ("/ready", "/metrics", "/openapi.json"):
+        status, hdrs, body = a.json("GET", path)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        assert hdrs.get("WWW-Authenticate") == "Bearer"
+    for bad in ("Bearer wrong", "Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret"):
+        status, _, _ = a.generate(headers={"Authorization": bad})
+        assert status == 401
+    status, _, _ = a.request("GET", "/metrics", headers={"Authorization": "Bearer other-key"})
+    assert status == 200
+    # a good token gets past auth to validation
+    status, _, body = a.generate(headers={"Authorization": "Bearer s3cret"}, n=0)
+    assert status == 400 and body["error"]["param"] == "n"
+
+
+def test_auth_key_file(api, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# tokens\nfrom-file\n")
+    a = api(stages=gen_stages(with_models=False), wait_ready=False,
+            http_api_key_file=str(keys))
+    assert a.json("GET", "/metrics")[0] == 401
+    assert a.request("GET", "/metrics", headers={"Authorization": "Bearer from-file"})[0] == 200
+
+
+def test_model_name_checked_when_configured(api):
+    a = api(http_model="qwen-image")
+    assert a.generate(model="qwen-image")[0] == 200
+    status, _, body = a.generate(model="gpt-image-1")
+    assert status == 400 and body["error"]["param"] == "model"
+
+
+def test_queue_full_503(api):
+    a = api(stages=gen_stages(delay_ms=3000), http_queue_max=1)
+    import threading
+    results = []
+    t = threading.Thread(target=lambda: results.append(a.generate()))
+    t.start()
+    wait_for(lambda: a.request("GET", "/ready")[0] == 503, 5, "the queue to fill")
+    status, hdrs, body = a.generate()
+    assert status == 503 and hdrs.get("Retry-After") and body["error"]["code"] == "queue_full"
+    t.join(30 * SLOW)
+    assert results[0][0] == 200
+
+
+def test_timeout_504_cancels(api):
+    a = api(stages=gen_stages(delay_ms=5000), http_timeout_ms=500)
+    t0 = time.monotonic()
+    status, _, body = a.generate()
+    assert status == 504 and body["error"]["code"] == "timeout"
+    assert time.monotonic() - t0 < 4 * SLOW
+    wait_for(lambda: any(l.startswith("cancelled") for l in a.svc.stage_log("denoise")), 10,
+             "the denoise stage to see the cancellation")
+    assert a.alive()
+
+
+def test_client_disconnect_cancels(api):
+    import socket
+    a = api(stages=gen_stages(delay_ms=5000))
+    body = json.dumps({"prompt": "bye", "size": "32x32"}).encode()
+    s = socket.create_connection(("127.0.0.1", a.port))
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+              b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    wait_for(lambda: any(l.startswith("gen step=denoise") for l in a.svc.stage_log("denoise")),
+             10, "the job to reach denoise")
+    s.close()
+    wait_for(lambda: any(l.startswith("cancelled") for l in a.svc.stage_log("denoise")), 10,
+             "the denoise stage to see the cancellation")
+    samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
+    assert samples[("diffusiond_queue_requests", ())] == 0
+    assert samples[("diffusiond_jobs_total", (("event", "cancelled"),))] == 1
