@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ipc/log.h"
+#include "pipeline/cancel.h"
 
 /* A FIFO of tasks. */
 typedef struct {
@@ -58,6 +59,7 @@ struct model_stage {
     task_queue_t done;        /* lock: computed (or failed), for the loop */
     bool quit;                /* lock */
     atomic_bool abort;        /* read by computes between their steps */
+    gen_cancel_t *cancel;     /* worker thread only: the origins' cancel tables */
     uint32_t running;         /* lock: 1 while the worker computes a task */
     task_queue_t waiting;     /* loop thread only: computed, waiting for room in the pool */
     uint32_t held;            /* loop thread only: jobs kept (queued, running, done, waiting) */
@@ -83,7 +85,11 @@ static void *worker_main(void *arg)
         gen_task_t *t = queue_pop(&ms->todo);
         ms->running = 1;
         pthread_mutex_unlock(&ms->lock);
-        if (ms->spec.compute(ms->spec.model, t) != 0 && t->code == 0)
+        if (atomic_load(&ms->abort))
+            gen_task_fail(t, 503, "%s: the stage is stopping", ms->spec.what);
+        else if (gen_task_cancelled(t))
+            gen_task_fail(t, 499, "%s: cancelled before it started", ms->spec.what);
+        else if (ms->spec.compute(ms->spec.model, t) != 0 && t->code == 0)
             gen_task_fail(t, 500, "%s failed", ms->spec.what);
         pthread_mutex_lock(&ms->lock);
         ms->running = 0;
@@ -93,16 +99,28 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-model_stage_t *model_stage_start(const model_stage_spec_t *spec)
+bool gen_task_cancelled(gen_task_t *task)
+{
+    model_stage_t *ms = task->stage;
+    if (atomic_load(&ms->abort))
+        return true;
+    return ms->cancel && gen_cancel_check(ms->cancel, task->origin_slot, task->origin_gen, task->id);
+}
+
+model_stage_t *model_stage_start(const model_stage_spec_t *spec, const stage_t *st)
 {
     model_stage_t *ms = calloc(1, sizeof *ms);
     if (!ms)
         return NULL;
     ms->spec = *spec;
+    /* without the tables (no origin made one yet, or out of memory) nothing is cancelled:
+     * work is never stopped by mistake */
+    ms->cancel = gen_cancel_new(stage_config(st)->server.instance);
     atomic_init(&ms->abort, false);
     pthread_mutex_init(&ms->lock, NULL);
     pthread_cond_init(&ms->wake, NULL);
     if (pthread_create(&ms->thread, NULL, worker_main, ms) != 0) {
+        gen_cancel_free(&ms->cancel);
         pthread_mutex_destroy(&ms->lock);
         pthread_cond_destroy(&ms->wake);
         free(ms);
@@ -178,6 +196,9 @@ stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *
     }
     t->job = job;
     t->id = job->msg.id;
+    t->origin_slot = job->msg.origin_slot;
+    t->origin_gen = job->msg.origin_gen;
+    t->stage = ms;
     t->abort = &ms->abort;
     t->n_in = job->msg.n_tensors;
     for (uint32_t i = 0; i < t->n_in; i++) {
@@ -276,6 +297,7 @@ void model_stage_stop(model_stage_t *ms, stage_t *st)
             stage_job_fail(st, job, 503, "the stage stopped before finishing it");
         }
     }
+    gen_cancel_free(&ms->cancel);
     pthread_mutex_destroy(&ms->lock);
     pthread_cond_destroy(&ms->wake);
     free(ms);

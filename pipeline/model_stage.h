@@ -15,6 +15,7 @@
 #define DIFFUSIOND_PIPELINE_MODEL_STAGE_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,8 @@ typedef struct gen_task {
     stage_job_t *job;                    /* the loop thread's; compute must not touch it */
     gen_params_t params;
     uint64_t id;
+    uint32_t origin_slot, origin_gen;    /* who made the job (for the cancel table) */
+    struct model_stage *stage;
     uint32_t n_in;
     proto_tensor_ref_t in_ref[PROTO_MAX_TENSORS];
     const void *in[PROTO_MAX_TENSORS];   /* the inputs, in the pools, held by this job */
@@ -59,8 +62,9 @@ typedef struct {
 
 typedef struct model_stage model_stage_t;
 
-/* Starts the worker thread. NULL when it cannot (out of memory, no thread). */
-model_stage_t *model_stage_start(const model_stage_spec_t *spec);
+/* Starts the worker thread; st gives the instance whose cancel tables the worker reads. NULL
+ * when it cannot (out of memory, no thread). */
+model_stage_t *model_stage_start(const model_stage_spec_t *spec, const stage_t *st);
 /* Stops the worker (after the task it is running), fails every job still held with 503, and
  * frees everything. */
 void model_stage_stop(model_stage_t *ms, stage_t *st);
@@ -72,6 +76,11 @@ uint32_t model_stage_inflight(const model_stage_t *ms);
 
 /* For compute functions: a malloc'd output of dtype and shape; NULL when out of memory. */
 void *gen_output_alloc(gen_task_t *task, int dtype, int ndim, const int64_t *shape);
+/* True when the task should stop: its client is gone (the origin's cancel table,
+ * pipeline/cancel.h) or the stage is stopping. For compute functions, between steps; the
+ * worker also asks before it starts a task, and skips it. */
+bool gen_task_cancelled(gen_task_t *task);
+
 /* Sets the task's failure and returns -1. */
 int gen_task_fail(gen_task_t *task, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -36,11 +36,8 @@ static int take_text(const gen_task_t *t, uint32_t i, int64_t dim, t2i_text_t *o
     return 0;
 }
 
-static bool should_stop(void *ctx)
-{
-    const gen_task_t *t = ctx;
-    return atomic_load(t->abort);
-}
+/* Between denoising steps: a client that left, or a stage that stops. */
+static bool should_stop(void *ctx) { return gen_task_cancelled(ctx); }
 
 static int denoise_compute(void *model, gen_task_t *t)
 {
@@ -70,7 +67,9 @@ static int denoise_compute(void *model, gen_task_t *t)
     int rc = t2i_denoise(ds->dit, &ds->sched, &p, packed, ds->mean, ds->std, out, err, sizeof err);
     free(packed);
     if (rc != 0)
-        return gen_task_fail(t, atomic_load(t->abort) ? 503 : 500, "denoise: %s", err);
+        /* a stopping stage: 503, the origin retries elsewhere; a client gone: 499 */
+        return gen_task_fail(t, atomic_load(t->abort) ? 503 : gen_task_cancelled(t) ? 499 : 500,
+                             "denoise: %s", err);
     return 0;
 }
 
@@ -106,7 +105,7 @@ static int denoise_init(stage_t *st, int argc, char **argv, void **state)
     }
     model_stage_spec_t spec = {.what = "denoise", .min_inputs = 2, .max_inputs = 4,
                                .compute = denoise_compute, .model = ds};
-    if (!(ds->ms = model_stage_start(&spec)))
+    if (!(ds->ms = model_stage_start(&spec, st)))
         return STAGE_EXIT_ERROR;
     log_info("transformer loaded: %zu MiB of weights", dit_weight_bytes(ds->dit) >> 20);
     *state = ds;

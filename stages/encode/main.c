@@ -45,13 +45,12 @@ static int encode_compute(void *model, gen_task_t *t)
 
 static int encode_init(stage_t *st, int argc, char **argv, void **state)
 {
-    (void)st;
     (void)argc;
     (void)argv;
     encode_stage_t *es = calloc(1, sizeof *es);
     model_stage_spec_t spec = {.what = "encode", .min_inputs = 1, .max_inputs = 1,
                                .compute = encode_compute, .model = es};
-    if (!es || !(es->ms = model_stage_start(&spec)))
+    if (!es || !(es->ms = model_stage_start(&spec, st)))
         return STAGE_EXIT_ERROR;
     *state = es;
     return 0;

@@ -76,7 +76,7 @@ static int text_init(stage_t *st, int argc, char **argv, void **state)
     }
     model_stage_spec_t spec = {.what = "text", .min_inputs = 0, .max_inputs = 0,
                                .compute = text_compute, .model = ts};
-    if (!(ts->ms = model_stage_start(&spec)))
+    if (!(ts->ms = model_stage_start(&spec, st)))
         return STAGE_EXIT_ERROR;
     log_info("text encoder loaded: %zu MiB of weights",
              qwen_text_encoder_weight_bytes(ts->enc) >> 20);
