@@ -1,7 +1,7 @@
 /* diffusiond-generate: the generation pipeline in one process, no HTTP. It encodes the prompts
  * with the model folder's tokenizer and text encoder (or takes prompt embeddings from files),
- * runs the denoising loop and writes the final latents; a later issue adds the VAE and image
- * output. */
+ * runs the denoising loop, writes the final latents and decodes them into a PNG with the VAE;
+ * or, with --image, encodes an input image into latents as the edit pipelines do. */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -12,11 +12,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "codec/image_codec.h"
 #include "nn/json_file.h"
 #include "nn/ops.h"
 #include "nn/philox.h"
 #include "nn/qwen_image_dit.h"
 #include "nn/qwen_image_sampler.h"
+#include "nn/qwen_image_vae.h"
 #include "nn/safetensors.h"
 #include "nn/qwen_text_encoder.h"
 #include "nn/scheduler.h"
@@ -26,7 +28,7 @@
 
 typedef struct {
     const char *model, *prompt, *negative_prompt, *prompt_embeds, *negative_embeds, *latents,
-        *dump;
+        *dump, *output, *image, *dump_latents;
     uint64_t seed;
     bool have_seed;
     int steps, width, height, threads, max_sequence_length;
@@ -38,6 +40,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
         "usage: diffusiond-generate --model DIR (--prompt TEXT | --prompt-embeds FILE) [options]\n"
+        "       diffusiond-generate --model DIR --image FILE --dump-latents FILE [--threads N]\n"
         "  --model DIR              a diffusers Qwen-Image folder (transformer/, scheduler/, vae/;\n"
         "                           tokenizer/ and text_encoder/ for --prompt)\n"
         "  --prompt TEXT            the prompt, encoded by the folder's text encoder\n"
@@ -57,6 +60,11 @@ static void usage(FILE *out)
         "  --threads N              compute threads (default: every core)\n"
         "  --dump FILE              write the final latents: latents (packed) and, with a vae/\n"
         "                           config, latents_denormalized [1,16,1,h,w] for the decoder\n"
+        "  -o, --output FILE        decode the final latents with vae/ and write the image (PNG)\n"
+        "  --image FILE             instead of generating: encode a PNG, JPEG or WebP image at its\n"
+        "                           own size with vae/'s encoder, as the edit pipelines do\n"
+        "  --dump-latents FILE      with --image: write posterior_mean and image_latents (the\n"
+        "                           mean normalised with latents_mean/std), each [1,16,1,h,w]\n"
         "  --quiet                  no progress on stderr\n");
 }
 
@@ -91,6 +99,9 @@ static int parse_args(int argc, char **argv, args_t *a)
         {"threads", required_argument, NULL, 't'},
         {"max-sequence-length", required_argument, NULL, 'L'},
         {"dump", required_argument, NULL, 'd'},
+        {"output", required_argument, NULL, 'o'},
+        {"image", required_argument, NULL, 'I'},
+        {"dump-latents", required_argument, NULL, 'D'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -98,7 +109,7 @@ static int parse_args(int argc, char **argv, args_t *a)
     *a = (args_t){.steps = 50, .width = 1024, .height = 1024, .true_cfg_scale = 4.0f,
                   .max_sequence_length = 512};
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "o:", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'm': a->model = optarg; break;
@@ -108,6 +119,9 @@ static int parse_args(int argc, char **argv, args_t *a)
         case 'n': a->negative_embeds = optarg; break;
         case 'l': a->latents = optarg; break;
         case 'd': a->dump = optarg; break;
+        case 'o': a->output = optarg; break;
+        case 'I': a->image = optarg; break;
+        case 'D': a->dump_latents = optarg; break;
         case 'q': a->quiet = true; break;
         case 's':
             errno = 0;
@@ -144,6 +158,22 @@ static int parse_args(int argc, char **argv, args_t *a)
     if (optind != argc) {
         fprintf(stderr, "diffusiond-generate: unexpected argument '%s'\n", argv[optind]);
         return -1;
+    }
+    if (a->dump_latents && !a->image) {
+        fprintf(stderr, "diffusiond-generate: --dump-latents needs --image\n");
+        return -1;
+    }
+    if (a->image) { /* encode mode: the image in, its latents out, nothing generated */
+        const char *why = !a->model ? "--image needs --model"
+                        : !a->dump_latents ? "--image needs --dump-latents"
+                        : a->output ? "--image and -o exclude each other"
+                        : a->prompt || a->prompt_embeds || a->negative_prompt || a->negative_embeds
+                            ? "--image takes no prompt" : NULL;
+        if (why) {
+            fprintf(stderr, "diffusiond-generate: %s\n", why);
+            return -1;
+        }
+        return 0;
     }
     if (!a->model || !a->prompt_embeds == !a->prompt) {
         fprintf(stderr, "diffusiond-generate: --model and one of --prompt and --prompt-embeds "
@@ -270,6 +300,189 @@ out:
     return rc;
 }
 
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Writes len bytes to path through a temporary file and a rename: a failed run leaves no
+ * half-written image behind. */
+static int write_file(const char *path, const void *data, size_t len, char *err, size_t errlen)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        snprintf(err, errlen, "%.900s: path too long", path);
+        return -1;
+    }
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        snprintf(err, errlen, "%.900s: %s", path, strerror(errno));
+        return -1;
+    }
+    bool ok = fwrite(data, 1, len, f) == len;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%.900s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* The VAE's geometry must be the sampler's: 16 latent channels, spatial factor 8, RGB. */
+static int check_vae_config(const char *path, const qwen_vae_config_t *c, char *err,
+                            size_t errlen)
+{
+    if (c->z_dim == SAMPLER_LATENT_CHANNELS && c->spatial_factor == SAMPLER_VAE_SCALE &&
+        c->input_channels == 3)
+        return 0;
+    snprintf(err, errlen, "%.900s: z_dim %d, spatial factor %d, %d image channels; the Qwen-Image "
+             "pipeline needs %d, %d and 3", path, c->z_dim, c->spatial_factor, c->input_channels,
+             SAMPLER_LATENT_CHANNELS, SAMPLER_VAE_SCALE);
+    return -1;
+}
+
+static qwen_vae_t *load_vae(const char *model, nn_ctx_t *ctx, int part, char *err,
+                            size_t errlen)
+{
+    char path[PATH_MAX], why[900];
+    snprintf(path, sizeof path, "%s/vae", model);
+    qwen_vae_t *vae = qwen_vae_load(path, ctx, part, why, sizeof why);
+    if (!vae) {
+        snprintf(err, errlen, "%s", why);
+        return NULL;
+    }
+    if (check_vae_config(path, qwen_vae_config(vae), err, errlen) != 0)
+        qwen_vae_free(&vae);
+    return vae;
+}
+
+/* -o: QwenImagePipeline's end: z (unpacked, de-normalised) -> vae.decode -> postprocess to
+ * 8-bit RGB (qwen_vae_postprocess's rounding) -> PNG. */
+static int write_image(const args_t *a, nn_ctx_t *ctx, const float *z, int h, int w, char *err,
+                       size_t errlen)
+{
+    int rc = -1;
+    float *image = NULL;
+    uint8_t *rgb8 = NULL, *png = NULL;
+    size_t png_len = 0;
+    char why[900];
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    qwen_vae_t *vae = load_vae(a->model, ctx, QWEN_VAE_DECODER, err, errlen);
+    if (!vae)
+        return -1;
+    const int H = h * SAMPLER_VAE_SCALE, W = w * SAMPLER_VAE_SCALE;
+    image = malloc(sizeof(float) * 3 * (size_t)H * (size_t)W);
+    rgb8 = malloc(3 * (size_t)H * (size_t)W);
+    if (!image || !rgb8) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (qwen_vae_decode(vae, z, 1, h, w, NULL, image, NULL, why, sizeof why) != 0) {
+        snprintf(err, errlen, "decoding: %s", why);
+        goto out;
+    }
+    qwen_vae_postprocess(image, H, W, NULL, rgb8);
+    if (image_encode(IMAGE_PNG, rgb8, W, H, 0, &png, &png_len, why, sizeof why) != 0) {
+        snprintf(err, errlen, "%.300s: %.600s", a->output, why);
+        goto out;
+    }
+    if (write_file(a->output, png, png_len, err, errlen) != 0)
+        goto out;
+    if (!a->quiet)
+        fprintf(stderr, "decoded %dx%d into %s: %.2f s\n", W, H, a->output, seconds_since(&t0));
+    rc = 0;
+out:
+    free(image);
+    free(rgb8);
+    free(png);
+    qwen_vae_free(&vae);
+    return rc;
+}
+
+/* --image: the edit pipelines' VAE path for one image (QwenImageEditPipeline._encode_vae_image)
+ * at the image's own size (their resize to a 1024x1024 area comes with them): 8-bit RGB ->
+ * [-1, 1] -> encoder -> posterior mean, and that normalised with latents_mean/std. */
+#define IMAGE_MAX_BYTES (256 << 20)
+#define IMAGE_MAX_PIXELS (2048 * 2048) /* the encoder holds 1.2 KiB a pixel */
+
+static int encode_image(const args_t *a, nn_ctx_t *ctx, char *err, size_t errlen)
+{
+    int rc = -1, width = 0, height = 0, lh, lw;
+    uint8_t *file = NULL, *rgb8 = NULL;
+    float *pixels = NULL, *mean = NULL, *normed = NULL;
+    qwen_vae_t *vae = NULL;
+    char why[900];
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    FILE *f = fopen(a->image, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%.900s: %s", a->image, strerror(errno));
+        return -1;
+    }
+    file = malloc(IMAGE_MAX_BYTES);
+    size_t len = file ? fread(file, 1, IMAGE_MAX_BYTES, f) : 0;
+    bool too_big = file && len == IMAGE_MAX_BYTES && fgetc(f) != EOF;
+    fclose(f);
+    if (!file || too_big) {
+        snprintf(err, errlen, "%.900s: %s", a->image,
+                 file ? "larger than 256 MiB" : "out of memory");
+        goto out;
+    }
+    image_format_t fmt;
+    if (image_decode(file, len, IMAGE_MAX_PIXELS, &rgb8, &width, &height, &fmt, why,
+                     sizeof why) != 0) {
+        snprintf(err, errlen, "%.300s: %.600s", a->image, why);
+        goto out;
+    }
+    if (!(vae = load_vae(a->model, ctx, QWEN_VAE_ENCODER, err, errlen)))
+        goto out;
+    if (qwen_vae_latent_size(qwen_vae_config(vae), height, width, &lh, &lw) != 0) {
+        snprintf(err, errlen, "%.900s: an image of %dx%d cannot be encoded (too small for "
+                 "three downsamplings)", a->image, width, height);
+        goto out;
+    }
+    const size_t n = (size_t)SAMPLER_LATENT_CHANNELS * (size_t)lh * (size_t)lw;
+    pixels = malloc(sizeof(float) * 3 * (size_t)width * (size_t)height);
+    mean = malloc(sizeof(float) * n);
+    normed = malloc(sizeof(float) * n);
+    if (!pixels || !mean || !normed) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    qwen_vae_preprocess_rgb8(rgb8, height, width, pixels);
+    if (qwen_vae_encode(vae, pixels, 1, height, width, mean, NULL, why, sizeof why) != 0) {
+        snprintf(err, errlen, "%.300s: %.600s", a->image, why);
+        goto out;
+    }
+    memcpy(normed, mean, sizeof(float) * n);
+    qwen_vae_normalize(vae, normed, (int64_t)lh * lw);
+    const char *names[2] = {"posterior_mean", "image_latents"};
+    nn_dtype_t dtypes[2] = {NN_DTYPE_F32, NN_DTYPE_F32};
+    int ndims[2] = {5, 5};
+    int64_t shapes[2][NN_MAX_DIMS] = {{1, SAMPLER_LATENT_CHANNELS, 1, lh, lw},
+                                      {1, SAMPLER_LATENT_CHANNELS, 1, lh, lw}};
+    const void *datas[2] = {mean, normed};
+    if (safetensors_write(a->dump_latents, 2, names, dtypes, ndims,
+                          (const int64_t(*)[NN_MAX_DIMS])shapes, datas, err, errlen) != 0)
+        goto out;
+    if (!a->quiet)
+        fprintf(stderr, "encoded %dx%d %s into %dx%d latents: %.2f s\n", width, height,
+                image_format_name(fmt), lw, lh, seconds_since(&t0));
+    rc = 0;
+out:
+    free(file);
+    free(rgb8);
+    free(pixels);
+    free(mean);
+    free(normed);
+    qwen_vae_free(&vae);
+    return rc;
+}
+
 static void progress(void *ctx, int step, int steps, const float *latents)
 {
     const args_t *a = ctx;
@@ -303,6 +516,23 @@ int main(int argc, char **argv)
     dit_t *dit = NULL;
     embeds_t pos = {0}, neg = {0};
     float *latents = NULL, *denorm = NULL;
+    if (a.image) {
+        if (encode_image(&a, &ctx, err, sizeof err) != 0) {
+            fprintf(stderr, "diffusiond-generate: %s\n", err);
+            goto out;
+        }
+        rc = 0;
+        goto out;
+    }
+    if (a.output) { /* a VAE that cannot decode these latents fails before the long part */
+        qwen_vae_config_t vc;
+        snprintf(path, sizeof path, "%s/vae/config.json", a.model);
+        if (qwen_vae_config_load(&vc, path, err, sizeof err) != 0 ||
+            check_vae_config(path, &vc, err, sizeof err) != 0) {
+            fprintf(stderr, "diffusiond-generate: -o: %s\n", err);
+            goto out;
+        }
+    }
 
     /* The transformer's config first: its geometry is checked, and its text width taken,
      * before anything large is loaded. */
@@ -410,6 +640,13 @@ int main(int argc, char **argv)
         if (safetensors_write(a.dump, (size_t)n, names, dtypes, ndims,
                               (const int64_t(*)[NN_MAX_DIMS])shapes, datas, err, sizeof err) != 0) {
             fprintf(stderr, "diffusiond-generate: %s\n", err);
+            goto out;
+        }
+    }
+    if (a.output) {
+        dit_free(&dit); /* the decoder's activations take its place */
+        if (have_vae != 0 || write_image(&a, &ctx, denorm, h, w, err, sizeof err) != 0) {
+            fprintf(stderr, "diffusiond-generate: %s\n", have_vae ? "-o: no vae/config.json" : err);
             goto out;
         }
     }

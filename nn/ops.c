@@ -32,6 +32,9 @@ bool nn_supports(const nn_ctx_t *ctx, nn_op_t op)
     case NN_OP_SILU_MUL:           return b->silu_mul != NULL;
     case NN_OP_ATTENTION:          return b->attention != NULL;
     case NN_OP_TIMESTEP_EMBEDDING: return b->timestep_embedding != NULL;
+    case NN_OP_CONV2D:
+        return b->conv2d != NULL && b->conv2d_pack != NULL && b->conv2d_packed_floats != NULL;
+    case NN_OP_L2NORM:             return b->l2norm != NULL;
     case NN_OP_COUNT:              break;
     }
     return false;

@@ -12,6 +12,7 @@
 #define DIFFUSIOND_NN_OPS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum {
@@ -27,10 +28,41 @@ typedef enum {
     NN_OP_SILU_MUL,
     NN_OP_ATTENTION,
     NN_OP_TIMESTEP_EMBEDDING,
+    NN_OP_CONV2D,
+    NN_OP_L2NORM,
     NN_OP_COUNT
 } nn_op_t;
 
 typedef struct nn_ctx nn_ctx_t;
+
+/* A 2D convolution's geometry (nn_conv2d). The input may first be enlarged by nearest-neighbour
+ * upsampling (each pixel becomes upsample x upsample), then zero-padded on each side, then
+ * convolved with a square kernel at the stride. */
+typedef struct {
+    int64_t in_h, in_w;        /* input size, before upsampling */
+    int64_t in_c, out_c;       /* channels: in_c <= NN_CONV2D_MAX_IN_C */
+    int kernel;                /* 1..NN_CONV2D_MAX_KERNEL */
+    int stride;                /* >= 1 */
+    int upsample;              /* 1, or 2 (diffusers' Upsample "nearest-exact" x2) */
+    int pad_top, pad_bottom, pad_left, pad_right;
+} nn_conv2d_t;
+
+#define NN_CONV2D_MAX_IN_C 8192
+#define NN_CONV2D_MAX_KERNEL 7
+
+/* Output size of a convolution: floor((in * upsample + pads - kernel) / stride) + 1, or 0 when
+ * the padded input is smaller than the kernel. */
+static inline int64_t nn_conv2d_out_h(const nn_conv2d_t *p)
+{
+    int64_t span = p->in_h * p->upsample + p->pad_top + p->pad_bottom - p->kernel;
+    return span < 0 ? 0 : span / p->stride + 1;
+}
+
+static inline int64_t nn_conv2d_out_w(const nn_conv2d_t *p)
+{
+    int64_t span = p->in_w * p->upsample + p->pad_left + p->pad_right - p->kernel;
+    return span < 0 ? 0 : span / p->stride + 1;
+}
 
 /* The table a backend fills. Arguments as in the nn_* wrappers below. */
 typedef struct {
@@ -58,6 +90,13 @@ typedef struct {
                       float *out);
     void (*timestep_embedding)(nn_ctx_t *ctx, const float *t, int64_t n, int64_t dim,
                                float scale, float *out);
+    size_t (*conv2d_packed_floats)(int64_t out_c, int64_t in_c, int kernel);
+    void (*conv2d_pack)(nn_ctx_t *ctx, const float *w, int64_t out_c, int64_t in_c, int kernel,
+                        float *packed);
+    void (*conv2d)(nn_ctx_t *ctx, const nn_conv2d_t *p, const float *x, const float *packed,
+                   const float *bias, const float *residual, float *y);
+    void (*l2norm)(nn_ctx_t *ctx, const float *x, int64_t rows, int64_t dim,
+                   const float *gamma, float scale, float eps, bool silu, float *y);
     void (*ctx_free)(nn_ctx_t *ctx);  /* releases ctx->impl; NULL: the backend keeps none */
 } nn_backend_t;
 
@@ -75,8 +114,8 @@ struct nn_ctx {
  * -1 when its scratch memory cannot be had. A context serves one caller thread at a time.
  * It sets OpenBLAS to one thread, process-wide: GEMMs are split over the OpenMP threads. With
  * NN_CPU_PORTABLE=1 in the environment the context uses its portable loops where it would use
- * AVX2/FMA ones: the same bits for the activations, other bits (same accuracy) for attention;
- * the tests check both. Run processes that use it with OMP_WAIT_POLICY=PASSIVE in their
+ * AVX2/FMA ones: the same bits for the activations, other bits (same accuracy) for attention
+ * and conv2d; the tests check both. Run processes that use it with OMP_WAIT_POLICY=PASSIVE in their
  * environment (libgomp reads it at load): otherwise each threaded op leaves its threads
  * spinning for milliseconds, on the cores the next GEMM needs (the supervisor and
  * diffusiond-generate set it). */
@@ -177,5 +216,39 @@ static inline void nn_causal_attention(nn_ctx_t *c, const float *q, int64_t q_le
 static inline void nn_timestep_embedding(nn_ctx_t *c, const float *t, int64_t n, int64_t dim,
                                          float scale, float *out)
 { c->backend->timestep_embedding(c, t, n, dim, scale, out); }
+
+/* 2D convolution on pixel-major (NHWC) images, the layout of every convolutional model here:
+ * x [in_h, in_w, in_c], y [out_h, out_w, out_c] (nn_conv2d_out_h/_w), so that a pixel's
+ * channels are one row and the per-pixel ops (nn_l2norm, nn_linear as a 1x1 convolution) work
+ * on rows. The weights are the backend's own packing of torch's Conv2d weight [out_c, in_c,
+ * kernel, kernel], made once at load time by nn_conv2d_pack into nn_conv2d_packed_floats()
+ * floats; each backend packs for its kernel (the CPU: 16 output channels at a time).
+ *   y = conv(x) + bias (+ residual): bias [out_c] may be NULL; residual [out_h, out_w, out_c]
+ *   may be NULL or y itself (a residual block's sum, accumulated in place), added after the
+ *   bias as torch adds `conv(x) + h`. y must not overlap x.
+ * Each output element is one thread's sum over (ky, kx, c) in that order, so the bits do not
+ * depend on the thread count or on the image's size; an out-of-range tap adds nothing (as
+ * torch's zero padding adds zeros). The CPU uses FMA where it has it (NN_CPU_PORTABLE: other
+ * bits, same accuracy). */
+static inline size_t nn_conv2d_packed_floats(const nn_ctx_t *c, int64_t out_c, int64_t in_c,
+                                             int kernel)
+{ return c->backend->conv2d_packed_floats(out_c, in_c, kernel); }
+
+static inline void nn_conv2d_pack(nn_ctx_t *c, const float *w, int64_t out_c, int64_t in_c,
+                                  int kernel, float *packed)
+{ c->backend->conv2d_pack(c, w, out_c, in_c, kernel, packed); }
+
+static inline void nn_conv2d(nn_ctx_t *c, const nn_conv2d_t *p, const float *x,
+                             const float *packed, const float *bias, const float *residual,
+                             float *y)
+{ c->backend->conv2d(c, p, x, packed, bias, residual, y); }
+
+/* The channel norm of the Wan/Qwen-Image VAE (diffusers' QwenImageRMS_norm, F.normalize over
+ * the channels), per row: y = x / max(||x||_2, eps) * scale * gamma, rounded in that order
+ * (scale is sqrt(dim) there), then, when silu is set, y = SiLU(y) as nn_silu computes it.
+ * gamma [dim] may be NULL. y may be x. */
+static inline void nn_l2norm(nn_ctx_t *c, const float *x, int64_t rows, int64_t dim,
+                             const float *gamma, float scale, float eps, bool silu, float *y)
+{ c->backend->l2norm(c, x, rows, dim, gamma, scale, eps, silu, y); }
 
 #endif

@@ -2,7 +2,8 @@
  * OpenBLAS's sgemm; everything else is plain loops threaded with OpenMP over rows (attention:
  * over heads and blocks of queries), each row computed by one thread in a fixed order, so that
  * the bits depend neither on the thread count nor on the other rows in the call. On x86-64
- * the attention tiles and the activations also have AVX2 versions, chosen at run time. */
+ * the attention tiles and the activations also have AVX2 versions, chosen at run time. The
+ * convolution's direct kernel is conv_cpu.c's. */
 #include <assert.h>
 #include <limits.h>
 #include <math.h>
@@ -23,6 +24,7 @@
 #define HAVE_X86_PATHS 1
 #endif
 
+#include "nn/conv_cpu.h"
 #include "nn/ops.h"
 #include "nn/tensor.h"
 
@@ -393,6 +395,94 @@ static void cpu_rope_half(nn_ctx_t *ctx, float *x, int64_t tokens, int64_t heads
             }
         }
     }
+}
+
+/* diffusers' QwenImageRMS_norm: F.normalize over the row (x / max(||x||_2, eps), the norm
+ * from a double sum of squares rounded once), then * scale, * gamma, each product rounded as
+ * torch rounds it; SiLU after it when asked, as silu_span. Compiled twice like the
+ * activations, with the same bits. */
+static ALWAYS_INLINE void l2norm_row(const float *x, int64_t dim, const float *gamma,
+                                     float scale, float eps, bool silu, float *y)
+{
+    float norm = (float)sqrt(sumsq_f64(x, dim, 0.0));
+    float d = norm < eps ? eps : norm; /* clamp_min: a NaN norm stays NaN */
+    if (gamma) {
+#pragma omp simd
+        for (int64_t j = 0; j < dim; j++) {
+            float v = x[j] / d;
+            v = v * scale;
+            y[j] = v * gamma[j];
+        }
+    } else {
+#pragma omp simd
+        for (int64_t j = 0; j < dim; j++) {
+            float v = x[j] / d;
+            y[j] = v * scale;
+        }
+    }
+    if (silu)
+        silu_span(y, dim);
+}
+
+static void l2norm_rows_any(const float *x, int64_t rows, int64_t dim, const float *gamma,
+                            float scale, float eps, bool silu, float *y)
+{
+    for (int64_t i = 0; i < rows; i++)
+        l2norm_row(x + i * dim, dim, gamma, scale, eps, silu, y + i * dim);
+}
+
+#ifdef HAVE_X86_PATHS
+__attribute__((target("avx2")))
+static void l2norm_rows_avx2(const float *x, int64_t rows, int64_t dim, const float *gamma,
+                             float scale, float eps, bool silu, float *y)
+{
+    for (int64_t i = 0; i < rows; i++)
+        l2norm_row(x + i * dim, dim, gamma, scale, eps, silu, y + i * dim);
+}
+#endif
+
+/* Rows in chunks of about ELEM_CHUNK elements, threaded over the chunks; each row is one
+ * thread's, so the bits do not depend on the thread count. */
+static void cpu_l2norm(nn_ctx_t *ctx, const float *x, int64_t rows, int64_t dim,
+                       const float *gamma, float scale, float eps, bool silu, float *y)
+{
+    const cpu_state_t *st = ctx->impl;
+    void (*run)(const float *, int64_t, int64_t, const float *, float, float, bool, float *) =
+        l2norm_rows_any;
+#ifdef HAVE_X86_PATHS
+    if (st->avx2)
+        run = l2norm_rows_avx2;
+#endif
+    if (rows <= 0 || dim <= 0)
+        return;
+    const int64_t per = dim >= ELEM_CHUNK ? 1 : ELEM_CHUNK / dim;
+    const int64_t chunks = (rows + per - 1) / per;
+#pragma omp parallel for num_threads(ctx->threads) if (rows * dim >= PAR_MIN) schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t r0 = c * per, n = rows - r0 < per ? rows - r0 : per;
+        run(x + r0 * dim, n, dim, gamma, scale, eps, silu, y + r0 * dim);
+    }
+}
+
+/* ---- convolution (conv_cpu.c) ----------------------------------------------------------- */
+
+static size_t cpu_conv2d_packed_floats(int64_t out_c, int64_t in_c, int kernel)
+{
+    return conv_cpu_packed_floats(out_c, in_c, kernel);
+}
+
+static void cpu_conv2d_pack(nn_ctx_t *ctx, const float *w, int64_t out_c, int64_t in_c,
+                            int kernel, float *packed)
+{
+    (void)ctx;
+    conv_cpu_pack(w, out_c, in_c, kernel, packed);
+}
+
+static void cpu_conv2d(nn_ctx_t *ctx, const nn_conv2d_t *p, const float *x, const float *packed,
+                       const float *bias, const float *residual, float *y)
+{
+    const cpu_state_t *st = ctx->impl;
+    conv_cpu_run(st->threads, st->fma, p, x, packed, bias, residual, y);
 }
 
 /* ---- attention -------------------------------------------------------------------------- */
@@ -815,6 +905,10 @@ static const nn_backend_t cpu_backend = {
     .silu_mul = cpu_silu_mul,
     .attention = cpu_attention,
     .timestep_embedding = cpu_timestep_embedding,
+    .conv2d_packed_floats = cpu_conv2d_packed_floats,
+    .conv2d_pack = cpu_conv2d_pack,
+    .conv2d = cpu_conv2d,
+    .l2norm = cpu_l2norm,
     .ctx_free = cpu_ctx_free,
 };
 

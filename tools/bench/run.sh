@@ -40,3 +40,13 @@ else
   "$build/bench/bench_tokenizer"
   echo "reference skipped: $REF_PYTHON cannot import tokenizers (set REF_PYTHON to a Python with tools/golden/requirements.txt)"
 fi
+echo
+echo "== VAE convolution: direct kernel against im2col + sgemm"
+"$build/bench/bench_vae" --conv
+echo
+echo "== VAE decode and encode against the reference, and the 1024x1024 decode's peak memory"
+if "$REF_PYTHON" -c "import torch, diffusers" 2>/dev/null; then
+  "$REF_PYTHON" tools/bench/bench_vae.py "$build"
+else
+  echo "skipped: $REF_PYTHON cannot import torch and diffusers (set REF_PYTHON to a Python with tools/golden/requirements.txt)"
+fi

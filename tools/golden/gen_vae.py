@@ -56,6 +56,8 @@ io.safetensors (F32 unless said; images and latents as the reference's [B, C, T,
     image                      encode input in [-1, 1]; vae_cfg2: preprocess(image_rgb8)
     image_rgb8 (U8 [H, W, 3])  vae_cfg2: the 8-bit image
     mean                       vae.encode(image).latent_dist.mean (the edit pipelines' "argmax")
+    odd_image, odd_mean        vae_tiny: the same for a 27x35 image (odd sizes: each downsample
+                               takes floor((n - 2) / 2) + 1)
     image_latents              vae_cfg2: (mean - latents_mean) / latents_std
                                (QwenImageEditPipeline._encode_vae_image)
     tiled_z, tiled_output      vae.enable_tiling(tile, tile, stride, stride); vae.decode(tiled_z)
@@ -100,11 +102,11 @@ CASES = {
         config=dict(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
                     temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
         seed=501, latent=(6, 10), tiled_latent=(10, 14), tiling=(24, 16), rgb_float=True,
-        encode_from_rgb8=False,
+        encode_from_rgb8=False, odd=(27, 35),
     ),
     # The VAE of the CLI's process test (tests/process/test_generate_vae.py): the smallest with
     # the real latent layout (z_dim 16, spatial factor 8) and latents mean/std, so that it
-    # decodes sample_tiny's denoised latents; its weights are few enough (61 k) for that test
+    # decodes sample_tiny's denoised latents; its weights are few enough (146 k) for that test
     # to draw them in pure Python.
     "vae_pipe": dict(
         config=dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 2, 4], num_res_blocks=1,
@@ -271,6 +273,12 @@ def run_case(vae, spec, io):
         io["image_latents"] = (io["mean"] - lmean) / lstd
     io.update(cap)
 
+    if spec.get("odd"):
+        oh, ow = spec["odd"]
+        io["odd_image"] = torch.rand(1, 3, 1, oh, ow, generator=g) * 2 - 1
+        with torch.no_grad():
+            io["odd_mean"] = vae.encode(io["odd_image"]).latent_dist.mean
+
     th, tw = spec["tiled_latent"]
     tile, stride = spec["tiling"]
     io["tiled_z"] = torch.randn(1, cfg.z_dim, 1, th, tw, generator=g)
@@ -328,7 +336,7 @@ def gen_case(out, name, spec):
         shutil.copy(Path(tmp) / "config.json", folder / "vae" / "config.json")
         vae = AutoencoderKLQwenImage.from_pretrained(tmp).eval()  # from the file, as the C side
         meta = run_pipeline_case(vae, spec, io, out) if spec.get("pipeline") else run_case(vae, spec, io)
-    output = io.get("output", io["pipeline_rgb8"].float() / 127.5 - 1)
+    output = io["output"] if "output" in io else io["pipeline_rgb8"].float() / 127.5 - 1
     clamped = (output.abs() == 1).float().mean().item()
     meta.update({"case": name, "versions": versions(), "weights": json.dumps(table, separators=(",", ":")),
                  "weights_seed": spec["seed"], "weights_fnv1a64": f"{digest:016x}"})
