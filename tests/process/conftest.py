@@ -182,8 +182,9 @@ class Service:
                 pass
 
 
-def make_config(instance, runtime_dir, stages, **server):
-    """A config for the test stages. stages: list of (name, args, extra keys dict)."""
+def make_config(instance, runtime_dir, stages, model=None, **server):
+    """A config for the test stages. stages: list of (name, args, extra keys dict); model: the
+    [model] path, for the real model stages."""
     srv = {
         "instance": instance,
         "runtime_dir": runtime_dir,
@@ -198,6 +199,8 @@ def make_config(instance, runtime_dir, stages, **server):
     }
     srv.update(server)
     lines = ["[server]"] + [f"{k} = {v}" for k, v in srv.items()] + [""]
+    if model:
+        lines += ["[model]", f"path = {model}", ""]
     for name, args, extra in stages:
         lines.append(f"[stage.{name}]")
         lines.append(extra.pop("program", "program = tests/diffusiond-teststage"))
@@ -215,7 +218,7 @@ def service():
     """Factory: service(stages, **server_keys) -> a started Service; cleaned up afterwards."""
     made = []
 
-    def start(stages, start=True, env=None, **server):
+    def start(stages, start=True, env=None, model=None, **server):
         if not os.access(DIFFUSIOND, os.X_OK):
             pytest.fail(f"{DIFFUSIOND} is not built")
         tmp = tempfile.mkdtemp(prefix="diffusiond-test-")
@@ -223,7 +226,8 @@ def service():
         # stage of an earlier test still exiting.
         instance = f"t{os.getpid()}x{next(_instances)}"
         runtime_dir = os.path.join(tmp, "run")
-        svc = Service(tmp, instance, make_config(instance, runtime_dir, stages, **server), env)
+        svc = Service(tmp, instance, make_config(instance, runtime_dir, stages, model, **server),
+                      env)
         svc.stages = stages
         made.append(svc)
         return svc.start() if start else svc

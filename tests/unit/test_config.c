@@ -107,20 +107,19 @@ static void test_default_conf_loads(void **state)
     assert_string_equal(cfg.path, DEFAULT_CONF);
     assert_string_equal(cfg.server.instance, "diffusiond");
     assert_string_equal(cfg.server.listen, "127.0.0.1:8000");
-    assert_int_equal(cfg.n_stages, 3);
-    static const char *const names[] = {"source", "relay", "sink"};
-    for (int i = 0; i < 3; i++) {
+    assert_string_equal(cfg.model.path, "models/tiny-qwen-image");
+    assert_int_equal(cfg.n_stages, 5);
+    static const char *const names[] = {"ingress", "text", "denoise", "vae", "encode"};
+    for (int i = 0; i < 5; i++) {
         const config_stage_t *st = &cfg.stages[i];
         assert_string_equal(st->name, names[i]);
-        assert_string_equal(st->program, "tests/diffusiond-teststage");
-        char role[32];
-        snprintf(role, sizeof role, "--role %s", names[i]);
-        assert_contains(st->args, role);
+        assert_string_equal(st->program, ""); /* diffusiond-NAME beside diffusiond */
         assert_ptr_equal(config_find_stage(&cfg, names[i]), st);
         assert_true(st->line > 0);
+        if (i > 0)
+            assert_true(cfg.stages[i - 1].line < st->line);
     }
-    assert_true(cfg.stages[0].line < cfg.stages[1].line);
-    assert_true(cfg.stages[1].line < cfg.stages[2].line);
+    assert_int_equal(cfg.stages[0].pool_size, 0); /* ingress makes no tensors */
 }
 
 /* The keys of a section, as the parser lists them when it meets an unknown one: the test then
