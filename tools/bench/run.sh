@@ -50,3 +50,7 @@ if "$REF_PYTHON" -c "import torch, diffusers" 2>/dev/null; then
 else
   echo "skipped: $REF_PYTHON cannot import torch and diffusers (set REF_PYTHON to a Python with tools/golden/requirements.txt)"
 fi
+echo
+echo "== the service under load against the one-process pipeline"
+"${REF_PYTHON}" -c "import sys" 2>/dev/null && py="$REF_PYTHON" || py=python3
+"$py" tools/bench/bench_service.py "$build"
