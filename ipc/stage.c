@@ -289,6 +289,8 @@ static void stage_release_tensors(stage_t *st, stage_job_t *job)
 
 void stage_job_release_tensors(stage_t *st, stage_job_t *job) { stage_release_tensors(st, job); }
 
+void stage_add_busy_us(stage_t *st, uint64_t us) { st->stats.busy_us += us; }
+
 /* ---- jobs --------------------------------------------------------------------------------- */
 
 /* Frees the job itself; its tensors have been sent on or released. */

@@ -121,6 +121,10 @@ void stage_job_release_tensors(stage_t *st, stage_job_t *job);
 /* Releases the job's tensors and frees it (the end of a job at its last step). */
 void stage_job_finish(stage_t *st, stage_job_t *job);
 
+/* Adds compute time done outside the job callback (a worker thread's) to the busy time that
+ * heartbeats report. */
+void stage_add_busy_us(stage_t *st, uint64_t us);
+
 /* Monotonic clock in milliseconds and microseconds. */
 int64_t stage_now_ms(void);
 int64_t stage_now_us(void);

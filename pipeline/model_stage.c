@@ -85,12 +85,14 @@ static void *worker_main(void *arg)
         gen_task_t *t = queue_pop(&ms->todo);
         ms->running = 1;
         pthread_mutex_unlock(&ms->lock);
+        int64_t t0 = stage_now_us();
         if (atomic_load(&ms->abort))
             gen_task_fail(t, 503, "%s: the stage is stopping", ms->spec.what);
         else if (gen_task_cancelled(t))
             gen_task_fail(t, 499, "%s: cancelled before it started", ms->spec.what);
         else if (ms->spec.compute(ms->spec.model, t) != 0 && t->code == 0)
             gen_task_fail(t, 500, "%s failed", ms->spec.what);
+        t->busy_us = (uint64_t)(stage_now_us() - t0);
         pthread_mutex_lock(&ms->lock);
         ms->running = 0;
         queue_push(&ms->done, t);
@@ -250,8 +252,10 @@ void model_stage_tick(model_stage_t *ms, stage_t *st)
 {
     pthread_mutex_lock(&ms->lock);
     gen_task_t *t;
-    while ((t = queue_pop(&ms->done)))
+    while ((t = queue_pop(&ms->done))) {
+        stage_add_busy_us(st, t->busy_us);
         queue_push(&ms->waiting, t);
+    }
     pthread_mutex_unlock(&ms->lock);
     while ((t = queue_pop(&ms->waiting))) {
         if (t->code != 0) {

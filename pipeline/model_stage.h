@@ -44,6 +44,7 @@ typedef struct gen_task {
     gen_output_t out[GEN_TASK_MAX_OUT];
     const atomic_bool *abort;            /* set when the stage stops: a long compute checks it
                                             between steps and gives up (gen_task_fail 503) */
+    uint64_t busy_us;                    /* the worker's time on it, for the heartbeats */
     int code;                            /* compute's failure: 400 bad input, 500 otherwise */
     char err[PROTO_ERROR_MAX];
     struct gen_task *next;

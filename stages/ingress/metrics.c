@@ -1,10 +1,13 @@
-/* metrics: Prometheus text for GET /metrics, from what ingress itself sees. Stage busy time
- * travels in heartbeats to the supervisor, not here; per stage this shows what ingress can
- * know: whether each is ready, its newest generation (restarts), and the jobs out. */
+/* metrics: Prometheus text for GET /metrics, from what ingress itself sees, plus each stage
+ * replica's busy time and job counts, which travel in heartbeats to the supervisor: ingress
+ * reads them from the supervisor's status.json in the runtime folder (rewritten every
+ * heartbeat), so they are at most a heartbeat old. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "ingress.h"
 
@@ -67,6 +70,49 @@ static void out(metrics_out_t *o, const char *fmt, ...)
         o->cap = cap;
     }
 }
+
+/* Per replica, from <runtime_dir>/status.json: busy seconds (time computing jobs: callbacks
+ * and model workers), jobs done and failed, pool bytes in use. Silent when the file cannot be
+ * read (the supervisor writes it once a heartbeat). */
+static void stage_stats(ingress_t *in, metrics_out_t *o)
+{
+    char path[CONFIG_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/status.json", stage_runtime_dir(in->st));
+    json_t *root = json_load_file(path, 0, NULL);
+    json_t *slots = root ? json_object_get(root, "slots") : NULL;
+    if (!json_is_array(slots)) {
+        json_decref(root);
+        return;
+    }
+    static const struct {
+        const char *key, *name, *help, *type;
+        double scale;
+    } series[] = {
+        {"busy_us", "diffusiond_stage_busy_seconds_total", "Time the replica spent computing jobs.",
+         "counter", 1e-6},
+        {"jobs_done", "diffusiond_stage_jobs_done_total", "Jobs the replica finished.", "counter", 1},
+        {"jobs_failed", "diffusiond_stage_jobs_failed_total", "Jobs the replica failed.", "counter", 1},
+        {"pool_used", "diffusiond_stage_pool_bytes", "Bytes in use in the replica's tensor pool.",
+         "gauge", 1},
+    };
+    for (size_t k = 0; k < sizeof series / sizeof series[0]; k++) {
+        out(o, "# HELP %s %s (per process: starts again at 0 when it restarts)\n# TYPE %s %s\n",
+            series[k].name, series[k].help, series[k].name, series[k].type);
+        size_t i;
+        json_t *slot;
+        json_array_foreach(slots, i, slot) {
+            json_t *stage = json_object_get(slot, "stage"), *rep = json_object_get(slot, "replica");
+            json_t *v = json_object_get(slot, series[k].key);
+            if (!json_is_string(stage) || !json_is_integer(rep) || !json_is_integer(v))
+                continue;
+            out(o, "%s{stage=\"%s\",replica=\"%lld\"} %.6g\n", series[k].name,
+                json_string_value(stage), (long long)json_integer_value(rep),
+                (double)json_integer_value(v) * series[k].scale);
+        }
+    }
+    json_decref(root);
+}
+
 
 char *metrics_render(ingress_t *in)
 {
@@ -131,6 +177,7 @@ char *metrics_render(ingress_t *in)
     for (int i = 0; i < cfg->n_stages; i++)
         out(&o, "diffusiond_stage_generation{stage=\"%s\"} %u\n", cfg->stages[i].name,
             stage_peer_gen(in->st, cfg->stages[i].name));
+    stage_stats(in, &o);
     if (o.failed) {
         free(o.buf);
         return NULL;

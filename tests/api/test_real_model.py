@@ -78,6 +78,13 @@ def test_service_image_equals_cli(real, tmp_path):
                                      num_inference_steps=2, output_format=fmt,
                                      output_compression=80)
         assert status == 200 and image_size(image_of(body)) == (fmt, 64, 48)
+    # the model stages' compute time (their worker threads) reaches /metrics via the
+    # supervisor's heartbeats
+    def busy(stage):
+        m = parse_metrics(a.request("GET", "/metrics")[2].decode())
+        return m.get(("diffusiond_stage_busy_seconds_total", (("stage", stage), ("replica", "0"))), 0)
+    for stage in MODEL_STAGES:
+        wait_for(lambda: busy(stage) > 0, 10, f"{stage}'s busy time in /metrics")
 
 
 def generate_many(a, requests, timeout=120):
