@@ -77,6 +77,10 @@ struct stage {
     pool_cache_t *pools;/* other stages' pools */
 
     proto_roster_t roster;
+    /* generations seen RETIRING, newest last: a retiring process finishes or hands back every
+     * job before it exits, so an origin must not count its exit as a loss */
+    uint32_t retired[256];
+    uint32_t n_retired;
     bool have_roster;
     uint32_t max_gen;   /* largest generation the roster has ever named */
 
@@ -154,6 +158,16 @@ bool stage_gen_alive(const stage_t *st, uint32_t gen)
     for (uint32_t i = 0; st->have_roster && i < st->roster.n; i++)
         if (st->roster.entries[i].gen == gen)
             return stage_state_alive(st->roster.entries[i].state);
+    return false;
+}
+
+bool stage_gen_retired(const stage_t *st, uint32_t gen)
+{
+    const uint32_t cap = sizeof st->retired / sizeof st->retired[0];
+    uint32_t n = st->n_retired < cap ? st->n_retired : cap;
+    for (uint32_t i = 0; i < n; i++)
+        if (st->retired[i] == gen)
+            return true;
     return false;
 }
 
@@ -290,6 +304,8 @@ static void stage_release_tensors(stage_t *st, stage_job_t *job)
 void stage_job_release_tensors(stage_t *st, stage_job_t *job) { stage_release_tensors(st, job); }
 
 void stage_add_busy_us(stage_t *st, uint64_t us) { st->stats.busy_us += us; }
+
+uint64_t stage_pool_capacity(const stage_t *st) { return st->pool ? pool_capacity(st->pool) : 0; }
 
 /* ---- jobs --------------------------------------------------------------------------------- */
 
@@ -521,6 +537,10 @@ static void stage_unkeep(stage_t *st, stage_job_t *job)
 
 void stage_job_forward(stage_t *st, stage_job_t *job)
 {
+    /* a job the stage kept (a worker computed it) is done now: counted as the callback's
+     * STAGE_JOB_FORWARD is, so heartbeats and the restart throttle see the stage's work */
+    if (job->kept)
+        st->stats.jobs_done++;
     stage_unkeep(st, job);
     if (job->msg.n_route == 0)
         stage_job_finish(st, job);
@@ -718,6 +738,14 @@ static void stage_handle_roster(stage_t *st, const proto_roster_t *roster)
         return;
     st->roster = *roster;
     st->have_roster = true;
+    for (uint32_t i = 0; i < roster->n; i++) {
+        const proto_roster_entry_t *e = &roster->entries[i];
+        if (e->state != PROTO_SLOT_RETIRING || stage_gen_retired(st, e->gen))
+            continue;
+        const uint32_t cap = sizeof st->retired / sizeof st->retired[0];
+        st->retired[st->n_retired % cap] = e->gen; /* a ring: the oldest are forgotten */
+        st->n_retired++;
+    }
     for (uint32_t i = 0; i < roster->n; i++) {
         const proto_roster_entry_t *e = &roster->entries[i];
         if (e->gen > st->max_gen)

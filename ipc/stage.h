@@ -91,6 +91,9 @@ uint32_t stage_peer_gen(const stage_t *st, const char *name);
 uint32_t stage_peer_gens(const stage_t *st, const char *name, uint32_t *gens, uint32_t max);
 /* True while generation gen names a live process in the roster. */
 bool stage_gen_alive(const stage_t *st, uint32_t gen);
+/* True when process generation gen was ever shown RETIRING in a roster this process received
+ * (the last 256 such): it finished or handed back its jobs before it exited. */
+bool stage_gen_retired(const stage_t *st, uint32_t gen);
 
 /* Allocates a tensor in this stage's pool, held by this process. Returns 0 and fills *ref and
  * *data, or -1 when the pool is full (try again later) or the request is out of bounds. */
@@ -120,6 +123,9 @@ void stage_job_fail(stage_t *st, stage_job_t *job, int code, const char *msg);
 void stage_job_release_tensors(stage_t *st, stage_job_t *job);
 /* Releases the job's tensors and frees it (the end of a job at its last step). */
 void stage_job_finish(stage_t *st, stage_job_t *job);
+
+/* Bytes of this stage's tensor pool; 0 when it has none. */
+uint64_t stage_pool_capacity(const stage_t *st);
 
 /* Adds compute time done outside the job callback (a worker thread's) to the busy time that
  * heartbeats report. */

@@ -1,7 +1,8 @@
 /* ops_cpu: the CPU backend, the reference every other backend is compared with. nn_linear is
  * OpenBLAS's sgemm; everything else is plain loops threaded with OpenMP over rows (attention:
  * over heads and blocks of queries), each row computed by one thread in a fixed order, so that
- * the bits depend neither on the thread count nor on the other rows in the call. On x86-64
+ * their bits depend neither on the thread count nor on the other rows in the call. nn_linear's
+ * bits are fixed for a given thread count only (see cpu_linear). On x86-64
  * the attention tiles and the activations also have AVX2 versions, chosen at run time. The
  * convolution's direct kernel is conv_cpu.c's. */
 #include <assert.h>
@@ -151,8 +152,9 @@ static void cpu_linear(nn_ctx_t *ctx, const float *x, int64_t m, int64_t k, cons
     /* One thread pool: OpenBLAS runs single-threaded in each OpenMP thread, on its own slice
      * of the output columns (a multiple of 16 wide), with the bias added to the slice while it
      * is still in cache. OpenBLAS's own threads beside OpenMP's cost a tenth of the time in
-     * wake-ups and yields on two cores. A row's bits do not depend on the split: each output
-     * element is reduced over k in the kernel's own order. */
+     * wake-ups and yields on two cores. A row's bits do not depend on the other rows, but an
+     * output column's may depend on where the split puts it (OpenBLAS rounds by position in
+     * its tiles): the same thread count gives the same bits, another count may not. */
     int parts = ctx->threads;
     if (parts > 1 && n < 64 * parts)
         parts = 1; /* too narrow to share: the time embedding's MLP, small projections */

@@ -111,6 +111,7 @@ int sampler_denoise(dit_t *dit, const sched_config_t *sched, const sampler_param
             /* The reference divides 0 by 0 here (one step with shift_terminal). */
             snprintf(err, errlen, "the scheduler config gives no usable schedule for %d step%s",
                      p->steps, p->steps == 1 ? "" : "s");
+            rc = -2; /* the request's step count, not the machine: the caller's 400 */
             goto out;
         }
 

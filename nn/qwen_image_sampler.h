@@ -42,7 +42,9 @@ void sampler_unpack(const float *packed, int C, int h, int w, float *x);
 /* x / (1 / std) + mean per channel, as the pipeline does before the VAE. x is (C, h, w). */
 void sampler_denormalize(float *x, int C, int64_t hw, const float *mean, const float *std);
 
-/* Runs the loop on one sample's packed latents in place. Returns 0, or -1 with err. */
+/* Runs the loop on one sample's packed latents in place. Returns 0, -2 with err when the
+ * scheduler config gives no usable schedule for that many steps (one step with
+ * shift_terminal: the reference divides 0 by 0), or -1 with err. */
 int sampler_denoise(dit_t *dit, const sched_config_t *sched, const sampler_params_t *p,
                     float *latents, char *err, size_t errlen);
 

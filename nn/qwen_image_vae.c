@@ -177,8 +177,8 @@ int qwen_vae_config_load(qwen_vae_config_t *c, const char *path, char *err, size
         nn_json_int(root, "z_dim", 1, QWEN_VAE_MAX_Z, &c->z_dim, false, path, err, errlen) ||
         nn_json_int(root, "num_res_blocks", 1, 64, &c->num_res_blocks, false, path, err,
                     errlen) ||
-        nn_json_int(root, "input_channels", 1, 64, &c->input_channels, false, path, err,
-                    errlen))
+        nn_json_int(root, "input_channels", 3, 3, &c->input_channels, false, path, err,
+                    errlen)) /* the API's images are 3 planes (RGB): qwen_vae_postprocess */
         goto out;
     json_t *dm = json_object_get(root, "dim_mult");
     if (dm) {

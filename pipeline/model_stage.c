@@ -258,6 +258,18 @@ void model_stage_tick(model_stage_t *ms, stage_t *st)
     }
     pthread_mutex_unlock(&ms->lock);
     while ((t = queue_pop(&ms->waiting))) {
+        /* an output larger than the whole pool would wait for room forever, and every job
+         * behind it with it: fail it instead */
+        for (uint32_t i = 0; t->code == 0 && i < t->n_out; i++) {
+            uint64_t bytes = proto_dtype_size(t->out[i].dtype);
+            for (int d = 0; d < t->out[i].ndim; d++)
+                bytes *= (uint64_t)t->out[i].shape[d];
+            if (bytes > stage_pool_capacity(st))
+                gen_task_fail(t, 500, "%s: an output of %llu bytes does not fit the stage's "
+                              "pool (pool_size %llu bytes)", ms->spec.what,
+                              (unsigned long long)bytes,
+                              (unsigned long long)stage_pool_capacity(st));
+        }
         if (t->code != 0) {
             log_warn("%s: job %llu failed: %s", ms->spec.what, (unsigned long long)t->id,
                      t->err);

@@ -73,8 +73,9 @@ int t2i_denoise(dit_t *dit, const sched_config_t *sched, const t2i_params_t *p, 
         sp.neg = p->negative->embeds;
         sp.neg_mask = p->negative->mask;
     }
-    if (sampler_denoise(dit, sched, &sp, packed, err, errlen) != 0)
-        return -1;
+    int rc = sampler_denoise(dit, sched, &sp, packed, err, errlen);
+    if (rc != 0)
+        return rc;
     if (denorm) {
         int h, w;
         int64_t S;

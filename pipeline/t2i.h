@@ -43,7 +43,8 @@ typedef struct {
 
 /* Denoises packed [S, 64] in place (its initial noise on entry: t2i_initial_latents or given
  * latents), then, when denorm is not NULL, writes the decoder's input (16, h, w) de-normalised
- * with mean and std. 0, or -1 with err. */
+ * with mean and std. 0, -2 with err for a step count the scheduler config cannot schedule
+ * (sampler_denoise), or -1 with err. */
 int t2i_denoise(dit_t *dit, const sched_config_t *sched, const t2i_params_t *p, float *packed,
                 const float *mean, const float *std, float *denorm, char *err, size_t errlen);
 

@@ -66,6 +66,8 @@ static int denoise_compute(void *model, gen_task_t *t)
     char err[512];
     int rc = t2i_denoise(ds->dit, &ds->sched, &p, packed, ds->mean, ds->std, out, err, sizeof err);
     free(packed);
+    if (rc == -2) /* the request's step count cannot be scheduled: the client's error */
+        return gen_task_fail(t, 400, "denoise: %s", err);
     if (rc != 0)
         /* a stopping stage: 503, the origin retries elsewhere; a client gone: 499 */
         return gen_task_fail(t, atomic_load(t->abort) ? 503 : gen_task_cancelled(t) ? 499 : 500,

@@ -163,6 +163,17 @@ static void jobs_answer_error(ingress_t *in, ingress_request_t *r, int status, c
     jobs_remove(in, r);
 }
 
+/* A seed for JSON: an integer up to 2^63 - 1, a decimal string above (jansson's integers are
+ * signed 64-bit), so that every seed a client may send comes back as it was. */
+static json_t *seed_json(uint64_t seed)
+{
+    if (seed <= INT64_MAX)
+        return json_integer((json_int_t)seed);
+    char s[24];
+    snprintf(s, sizeof s, "%" PRIu64, seed);
+    return json_string(s);
+}
+
 static void jobs_answer(ingress_t *in, ingress_request_t *r)
 {
     const gen_params_t *p = &r->req.params;
@@ -170,7 +181,7 @@ static void jobs_answer(ingress_t *in, ingress_request_t *r)
     for (int i = 0; i < r->req.n; i++) {
         json_t *img = json_object();
         json_object_set_new(img, "b64_json", json_string(r->images[i].b64));
-        json_object_set_new(img, "seed", json_integer((json_int_t)(p->seed + (uint64_t)i)));
+        json_object_set_new(img, "seed", seed_json(p->seed + (uint64_t)i));
         json_array_append_new(data, img);
     }
     char size[32];
@@ -182,14 +193,8 @@ static void jobs_answer(ingress_t *in, ingress_request_t *r)
                           "quality", r->req.quality, "size", size, "usage", "input_tokens", 0,
                           "input_tokens_details", "text_tokens", 0, "image_tokens", 0,
                           "output_tokens", 0, "total_tokens", 0);
-    /* The seed of image 0; above 2^63 as a string (jansson's integers are signed). */
-    if (o && p->seed <= INT64_MAX) {
-        json_object_set_new(o, "seed", json_integer((json_int_t)p->seed));
-    } else if (o) {
-        char s[24];
-        snprintf(s, sizeof s, "%" PRIu64, p->seed);
-        json_object_set_new(o, "seed", json_string(s));
-    }
+    if (o) /* the seed of image 0 */
+        json_object_set_new(o, "seed", seed_json(p->seed));
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text) {
@@ -337,9 +342,15 @@ void jobs_result(ingress_t *in, stage_job_t *job)
     const proto_job_t *m = &job->msg;
     ingress_request_t *r = jobs_find(in, m->id / 16);
     int i = (int)(m->id % 16);
-    if (!r || i >= r->req.n || r->images[i].state != IMG_SENT ||
-        r->images[i].attempt != m->attempt) {
-        in->m.jobs_stale++; /* answered, cancelled, or an older attempt */
+    /* An image's result is the same bits whichever attempt made it (a seed fixes the image):
+     * an older attempt's image is as good as the newest's, and whichever comes first answers
+     * (a retry may still be waiting to be sent; it then never is). An older attempt's error
+     * is stale: the newer attempt speaks for the image. */
+    bool open = r && i < r->req.n &&
+                (r->images[i].state == IMG_SENT || r->images[i].state == IMG_WAITING);
+    if (!open || m->attempt > r->images[i].attempt ||
+        (m->attempt < r->images[i].attempt && m->error)) {
+        in->m.jobs_stale++; /* answered, cancelled, or an older attempt's failure */
         return;
     }
     ingress_image_t *img = &r->images[i];
@@ -402,7 +413,10 @@ void jobs_tick(ingress_t *in)
             if (img->state != IMG_SENT)
                 continue;
             for (uint32_t k = 0; k < img->n_holders; k++) {
-                if (!stage_gen_alive(in->st, img->holders[k])) {
+                /* a process that retired (a reload) finished or handed back its jobs before
+                 * it exited: only one that died can have lost the job */
+                if (!stage_gen_alive(in->st, img->holders[k]) &&
+                    !stage_gen_retired(in->st, img->holders[k])) {
                     char why[96];
                     snprintf(why, sizeof why, "process generation %u of its route died while "
                              "it was out", img->holders[k]);

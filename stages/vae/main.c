@@ -9,6 +9,7 @@
 #include "ipc/log.h"
 #include "ipc/stage.h"
 #include "nn/ops.h"
+#include "nn/qwen_image_sampler.h"
 #include "nn/qwen_image_vae.h"
 #include "pipeline/model_stage.h"
 
@@ -61,6 +62,13 @@ static int vae_init(stage_t *st, int argc, char **argv, void **state)
         return STAGE_EXIT_CONFIG;
     if (!(vs->vae = qwen_vae_load(path, &vs->ctx, QWEN_VAE_DECODER, err, sizeof err))) {
         log_error("%s", err);
+        return STAGE_EXIT_CONFIG;
+    }
+    /* the latents the denoise stage sends: 16 channels at an eighth of the image's size */
+    const qwen_vae_config_t *c = qwen_vae_config(vs->vae);
+    if (c->z_dim != SAMPLER_LATENT_CHANNELS || c->spatial_factor != SAMPLER_VAE_SCALE) {
+        log_error("%s: z_dim %d and spatial factor %d; the Qwen-Image pipeline needs %d and %d",
+                  path, c->z_dim, c->spatial_factor, SAMPLER_LATENT_CHANNELS, SAMPLER_VAE_SCALE);
         return STAGE_EXIT_CONFIG;
     }
     qwen_vae_tiling_default(&vs->tiling);

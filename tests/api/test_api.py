@@ -105,6 +105,12 @@ def test_seed_as_string_and_each_image_its_seed(api):
     assert status == 200 and body["seed"] == "18446744073709551615"
     lines = a.svc.stage_log("text")
     assert any("seed=18446744073709551615" in l for l in lines)
+    # per image too, across 2^63 and around 2^64 (wrapping, as documented)
+    status, _, body = a.generate(seed="18446744073709551614", n=3)
+    assert status == 200
+    assert [d["seed"] for d in body["data"]] == ["18446744073709551614", "18446744073709551615", 0]
+    status, _, body = a.generate(seed=9223372036854775807, n=2)
+    assert [d["seed"] for d in body["data"]] == [9223372036854775807, "9223372036854775808"]
 
 
 def test_stage_failure_is_the_clients_status(api):

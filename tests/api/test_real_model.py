@@ -142,12 +142,11 @@ def test_kill_each_model_stage_with_requests_in_flight(real, tmp_path, stage):
     results = out[0]
     ok = 0
     for (status, body), req in zip(results, reqs):
-        assert status in (200, 503), (status, body)
-        if status == 200:
-            ok += 1
-            assert image_of(body) == cli_png(tmp_path, req["prompt"], req["seed"], size="256x256",
-                                             steps=20), f"wrong image for seed {req['seed']}"
-    assert ok >= 1
+        # one kill: every lost job is retried once, and a retry cannot be lost again by it
+        assert status == 200, (status, body)
+        ok += 1
+        assert image_of(body) == cli_png(tmp_path, req["prompt"], req["seed"], size="256x256",
+                                         steps=20), f"wrong image for seed {req['seed']}"
     retried = parse_metrics(a.request("GET", "/metrics")[2].decode()).get(
         ("diffusiond_jobs_total", (("event", "retried"),)), 0)
     print(f"{stage}: {ok}/8 images, {retried} jobs retried")
@@ -176,3 +175,32 @@ def test_sigterm_finishes_requests_in_flight(real):
     assert [s for s, _ in out[0]] == [200] * 8, out[0]
     assert a.svc.stop() == 0
     assert proc.shm_segments(a.svc.instance) == []
+
+
+def test_one_step_with_shift_terminal_is_the_clients_error(real):
+    """Qwen-Image's scheduler config (shift_terminal) has no schedule for one step (the
+    reference divides 0 by 0): a 400 naming it, not a 500."""
+    a = real()
+    status, _, body = a.generate(timeout=60, prompt="x", size="32x32", num_inference_steps=1)
+    assert status == 400 and "no usable schedule for 1 step" in body["error"]["message"], body
+
+
+@pytest.mark.slow
+def test_reload_with_requests_in_flight_loses_none(real):
+    """SIGHUP with a changed [server] replaces every stage (RETIRING): the requests in flight
+    still get their images; a retired process's exit is not taken for a lost job."""
+    a = real()
+    reqs = [dict(prompt=f"reload {i}", size="128x128", num_inference_steps=10, seed=300 + i)
+            for i in range(8)]
+    out = [None]
+    t = threading.Thread(target=lambda: out.__setitem__(0, generate_many(a, reqs)))
+    t.start()
+    time.sleep(0.3)
+    with open(a.svc.config_path) as f:
+        text = f.read()
+    a.svc.write_config(text.replace("heartbeat_ms = 100", "heartbeat_ms = 120"))
+    a.svc.signal(signal.SIGHUP)
+    t.join(120 * SLOW)
+    assert not t.is_alive()
+    assert [s for s, _ in out[0]] == [200] * 8, out[0]
+    wait_for(lambda: a.request("GET", "/ready")[0] == 200, 30, "ready after the reload")
