@@ -32,6 +32,23 @@ static json_t *http_json_text(const char *s)
     return json_string(buf);
 }
 
+/* libevent calls this once a reply is written out whole. */
+static void http_reply_written(struct evhttp_request *hreq, void *arg)
+{
+    (void)hreq;
+    ingress_t *in = arg;
+    if (in->replies_writing > 0)
+        in->replies_writing--;
+}
+
+/* Counts the reply as being written until libevent has sent its last byte: a stop must not
+ * free the server under a half-sent answer. */
+static void http_track_reply(ingress_t *in, struct evhttp_request *hreq)
+{
+    evhttp_request_set_on_complete_cb(hreq, http_reply_written, in);
+    in->replies_writing++;
+}
+
 void http_send_json(ingress_t *in, struct evhttp_request *hreq, int route, int status,
                     char *text)
 {
@@ -41,6 +58,7 @@ void http_send_json(ingress_t *in, struct evhttp_request *hreq, int route, int s
     if (body && text)
         evbuffer_add(body, text, strlen(text));
     const char *reason = status == 200 ? "OK" : NULL; /* NULL: libevent's phrase for status */
+    http_track_reply(in, hreq);
     evhttp_send_reply(hreq, status, reason, body);
     if (body)
         evbuffer_free(body);
@@ -77,6 +95,7 @@ static void http_send_text(ingress_t *in, struct evhttp_request *hreq, int route
     evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type", type);
     if (body)
         evbuffer_add(body, text, strlen(text));
+    http_track_reply(in, hreq);
     evhttp_send_reply(hreq, 200, "OK", body);
     if (body)
         evbuffer_free(body);

@@ -84,9 +84,16 @@ static void ingress_fini(stage_t *st, void *state)
 {
     ingress_t *in = state;
     jobs_fail_all(in, "the service is stopping");
-    /* Let the answers out: a few bounded turns of the loop. */
-    for (int i = 0; i < 50; i++) {
+    /* Let the answers out: turns of the loop until every reply is written (a slow reader of
+     * a large answer may need seconds), bounded well below the supervisor's stop_timeout_ms
+     * so that it never has to kill the process; at least 100 ms for the last failures. */
+    int64_t start = stage_now_ms();
+    int64_t limit = stage_config(st)->server.stop_timeout_ms / 2;
+    for (;;) {
         event_base_loop(in->base, EVLOOP_NONBLOCK);
+        int64_t spent = stage_now_ms() - start;
+        if (spent >= limit || (spent >= 100 && in->replies_writing == 0))
+            break;
         struct timespec ts = {0, 2000000};
         nanosleep(&ts, NULL);
     }
