@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ipc/proto.h"
@@ -102,7 +103,19 @@ void gen_cancel_table_destroy(gen_cancel_table_t **tp)
 typedef struct {
     const gen_cancel_shm_t *shm; /* NULL: not open */
     uint32_t gen;                /* the generation it carried when opened */
+    int64_t opened_ms;           /* when: a view older than GEN_CANCEL_REOPEN_MS is opened
+                                    again, since its origin may have been replaced since and
+                                    made a new segment under the same name */
 } gen_cancel_view_t;
+
+#define GEN_CANCEL_REOPEN_MS 100
+
+static int64_t cancel_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 struct gen_cancel {
     char instance[64];
@@ -163,6 +176,7 @@ static int gen_cancel_open(gen_cancel_t *c, uint32_t slot)
     }
     v->shm = shm;
     v->gen = atomic_load(&((gen_cancel_shm_t *)shm)->gen);
+    v->opened_ms = cancel_now_ms();
     return 0;
 }
 
@@ -171,8 +185,10 @@ bool gen_cancel_check(gen_cancel_t *c, uint32_t origin_slot, uint32_t origin_gen
     if (!c || origin_slot >= PROTO_MAX_SLOTS || id == 0)
         return false;
     gen_cancel_view_t *v = &c->views[origin_slot];
-    /* A view of another generation is stale (or the job's origin is newer than our view). */
-    if (!v->shm || v->gen != origin_gen) {
+    /* A view of another generation is stale (or the job's origin is newer than our view); one
+     * of the job's generation may be too, once the origin died and a successor replaced the
+     * segment: look again now and then. */
+    if (!v->shm || v->gen != origin_gen || cancel_now_ms() - v->opened_ms >= GEN_CANCEL_REOPEN_MS) {
         if (gen_cancel_open(c, origin_slot) != 0)
             return false;
     }

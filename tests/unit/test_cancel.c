@@ -92,6 +92,25 @@ static void test_origin_restart(void **state)
     gen_cancel_table_destroy(&t);
 }
 
+/* A reader whose view is of gen 5 learns that gen 5's origin was replaced without ever
+ * seeing a job of another generation: its view is looked at again after a while. */
+static void test_stale_view_of_a_replaced_origin(void **state)
+{
+    char err[256];
+    gen_cancel_table_t *t = gen_cancel_table_create(instance, 1, 5, err, sizeof err);
+    assert_non_null(t);
+    gen_cancel_t *c = gen_cancel_new(instance);
+    assert_false(gen_cancel_check(c, 1, 5, 7)); /* the view of gen 5 is open */
+    gen_cancel_table_destroy(&t);
+    t = gen_cancel_table_create(instance, 1, 6, err, sizeof err); /* the origin restarted */
+    assert_non_null(t);
+    struct timespec pause = {0, 150 * 1000000}; /* past GEN_CANCEL_REOPEN_MS */
+    nanosleep(&pause, NULL);
+    assert_true(gen_cancel_check(c, 1, 5, 7)); /* gen 5's job: nobody will read its result */
+    gen_cancel_free(&c);
+    gen_cancel_table_destroy(&t);
+}
+
 /* Without any table nothing is cancelled, and freeing NULLs is harmless. */
 static void test_no_table(void **state)
 {
@@ -111,6 +130,7 @@ int main(void)
         cmocka_unit_test(test_mark_and_check),
         cmocka_unit_test(test_ring_wraps),
         cmocka_unit_test(test_origin_restart),
+        cmocka_unit_test(test_stale_view_of_a_replaced_origin),
         cmocka_unit_test(test_no_table),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
