@@ -81,6 +81,7 @@ struct stage {
      * job before it exits, so an origin must not count its exit as a loss */
     uint32_t retired[256];
     uint32_t n_retired;
+    atomic_bool wake_tick;      /* stage_wake: run the tick at the loop's next turn */
     bool have_roster;
     uint32_t max_gen;   /* largest generation the roster has ever named */
 
@@ -304,6 +305,14 @@ static void stage_release_tensors(stage_t *st, stage_job_t *job)
 void stage_job_release_tensors(stage_t *st, stage_job_t *job) { stage_release_tensors(st, job); }
 
 void stage_add_busy_us(stage_t *st, uint64_t us) { st->stats.busy_us += us; }
+
+void stage_wake(stage_t *st)
+{
+    atomic_store(&st->wake_tick, true);
+    /* the loop polls the signal pipe: a byte ends its wait (a full pipe wakes it as well) */
+    ssize_t w = write(stage_signal_pipe[1], "w", 1);
+    (void)w;
+}
 
 uint64_t stage_pool_capacity(const stage_t *st) { return st->pool ? pool_capacity(st->pool) : 0; }
 
@@ -1041,7 +1050,7 @@ static void stage_loop(stage_t *st)
             stage_send_heartbeat(st);
             st->next_heartbeat_ms = now + st->config.server.heartbeat_ms;
         }
-        if (st->ops->tick && now >= next_tick) {
+        if (st->ops->tick && (now >= next_tick || atomic_exchange(&st->wake_tick, false))) {
             st->ops->tick(st, st->state);
             next_tick = now + tick_ms;
         }

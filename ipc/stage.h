@@ -124,6 +124,11 @@ void stage_job_release_tensors(stage_t *st, stage_job_t *job);
 /* Releases the job's tensors and frees it (the end of a job at its last step). */
 void stage_job_finish(stage_t *st, stage_job_t *job);
 
+/* Runs the tick callback at the loop's next turn, at once: a worker thread that finished a
+ * job calls it, so the job goes on without waiting up to tick_ms. The one function here that
+ * any thread may call. */
+void stage_wake(stage_t *st);
+
 /* Bytes of this stage's tensor pool; 0 when it has none. */
 uint64_t stage_pool_capacity(const stage_t *st);
 

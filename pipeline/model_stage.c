@@ -60,6 +60,7 @@ struct model_stage {
     bool quit;                /* lock */
     atomic_bool abort;        /* read by computes between their steps */
     gen_cancel_t *cancel;     /* worker thread only: the origins' cancel tables */
+    stage_t *st;              /* for stage_wake, the one skeleton call the worker makes */
     uint32_t running;         /* lock: 1 while the worker computes a task */
     task_queue_t waiting;     /* loop thread only: computed, waiting for room in the pool */
     uint32_t held;            /* loop thread only: jobs kept (queued, running, done, waiting) */
@@ -96,6 +97,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&ms->lock);
         ms->running = 0;
         queue_push(&ms->done, t);
+        stage_wake(ms->st); /* forward it now, not at the next tick */
     }
     pthread_mutex_unlock(&ms->lock);
     return NULL;
@@ -109,12 +111,13 @@ bool gen_task_cancelled(gen_task_t *task)
     return ms->cancel && gen_cancel_check(ms->cancel, task->origin_slot, task->origin_gen, task->id);
 }
 
-model_stage_t *model_stage_start(const model_stage_spec_t *spec, const stage_t *st)
+model_stage_t *model_stage_start(const model_stage_spec_t *spec, stage_t *st)
 {
     model_stage_t *ms = calloc(1, sizeof *ms);
     if (!ms)
         return NULL;
     ms->spec = *spec;
+    ms->st = st;
     /* without the tables (no origin made one yet, or out of memory) nothing is cancelled:
      * work is never stopped by mistake */
     ms->cancel = gen_cancel_new(stage_config(st)->server.instance);

@@ -8,7 +8,8 @@
  * compute function runs on the worker thread with nothing but the task (inputs read in place
  * in the shared pools, outputs written to malloc'd buffers); the tick callback takes finished
  * tasks, allocates the outputs in the stage's pool, copies them there, releases the inputs and
- * forwards the job. The copy is local to the stage (an output is copied once into its shared
+ * forwards the job (the worker wakes the loop with stage_wake, so that happens at once, not at
+ * the next tick). The copy is local to the stage (an output is copied once into its shared
  * block, never between stages); it lets a task finish while the pool is full: it then waits in
  * the stage, and the stage stops taking new work, until blocks come back. */
 #ifndef DIFFUSIOND_PIPELINE_MODEL_STAGE_H
@@ -65,7 +66,7 @@ typedef struct model_stage model_stage_t;
 
 /* Starts the worker thread; st gives the instance whose cancel tables the worker reads. NULL
  * when it cannot (out of memory, no thread). */
-model_stage_t *model_stage_start(const model_stage_spec_t *spec, const stage_t *st);
+model_stage_t *model_stage_start(const model_stage_spec_t *spec, stage_t *st);
 /* Stops the worker (after the task it is running), fails every job still held with 503, and
  * frees everything. */
 void model_stage_stop(model_stage_t *ms, stage_t *st);
