@@ -169,6 +169,38 @@ static char *sup_read_file(const char *path, char *err, size_t errlen)
     return buf;
 }
 
+/* What the generation pipeline's stages (named by convention: ingress, text, denoise, vae,
+ * encode) need and the generic directive table cannot say, checked before anything starts, so
+ * that `diffusiond -t` refuses a config that could never become ready: one ingress process
+ * (one listening socket), a readable key file, a tensor pool for every model stage that runs
+ * its own program (their outputs live there). */
+static int sup_check_pipeline(const config_t *cfg, const char *path, char *err, size_t errlen)
+{
+    static const char *const model_stages[] = {"text", "denoise", "vae", "encode"};
+    const config_stage_t *ingress = config_find_stage(cfg, "ingress");
+    if (ingress && ingress->replicas != 1) {
+        snprintf(err, errlen, "%s:%d: [stage.ingress] replicas: %d; the ingress listens on one "
+                 "socket: 1", path, ingress->line, ingress->replicas);
+        return -1;
+    }
+    const char *keys = cfg->server.http_api_key_file;
+    if (ingress && keys[0] && access(keys, R_OK) != 0) {
+        snprintf(err, errlen, "%s: [server] http_api_key_file: cannot read %s: %s", path, keys,
+                 strerror(errno));
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof model_stages / sizeof model_stages[0]; i++) {
+        const config_stage_t *st = config_find_stage(cfg, model_stages[i]);
+        /* only the real model stage (its default program): a stand-in may need no pool */
+        if (st && !st->program[0] && st->pool_size == 0) {
+            snprintf(err, errlen, "%s:%d: [stage.%s] pool_size: 0; the %s stage's outputs live "
+                     "in its pool", path, st->line, st->name, st->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int supervisor_load_config(const char *path, const char *exe_dir, config_t *cfg, char **text,
                            char *err, size_t errlen)
 {
@@ -196,6 +228,10 @@ int supervisor_load_config(const char *path, const char *exe_dir, config_t *cfg,
     if (total > PROTO_MAX_SLOTS) {
         snprintf(err, errlen, "%s: %d stage replicas in all, at most %d", path, total,
                  PROTO_MAX_SLOTS);
+        free(buf);
+        return -1;
+    }
+    if (sup_check_pipeline(cfg, path, err, errlen) != 0) {
         free(buf);
         return -1;
     }

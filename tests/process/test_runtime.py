@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import DIFFUSIOND, REPO, SLOW, pipeline, shm_segments, wait_for
 
 
@@ -218,6 +220,21 @@ def test_config_check_flag(tmp_path):
     missing = subprocess.run([DIFFUSIOND, "-t", "-c", str(tmp_path / "nope.conf")],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "No such file" in missing.stderr
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[stage.ingress]\nreplicas = 2\npool_size = 0\n", "[stage.ingress] replicas: 2"),
+    ("[stage.text]\npool_size = 0\n", "[stage.text] pool_size: 0"),
+    ("[server]\nhttp_api_key_file = /nonexistent/keys\n[stage.ingress]\npool_size = 0\n",
+     "http_api_key_file: cannot read /nonexistent/keys"),
+])
+def test_config_check_refuses_a_pipeline_that_cannot_get_ready(tmp_path, text, message):
+    """One ingress (one socket), a readable key file, a pool for each model stage: checked by
+    -t and at start, not found by a stage that exits 2 later."""
+    conf = tmp_path / "c.conf"
+    conf.write_text(text)
+    r = subprocess.run([DIFFUSIOND, "-t", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
 
 
 def test_replicas_share_work_and_results_return_to_their_origin(service):
