@@ -82,6 +82,7 @@ struct stage {
     uint32_t retired[256];
     uint32_t n_retired;
     atomic_bool wake_tick;      /* stage_wake: run the tick at the loop's next turn */
+    bool intake_paused;         /* stage_pause_intake: read no new jobs */
     bool have_roster;
     uint32_t max_gen;   /* largest generation the roster has ever named */
 
@@ -305,6 +306,8 @@ static void stage_release_tensors(stage_t *st, stage_job_t *job)
 void stage_job_release_tensors(stage_t *st, stage_job_t *job) { stage_release_tensors(st, job); }
 
 void stage_add_busy_us(stage_t *st, uint64_t us) { st->stats.busy_us += us; }
+
+void stage_pause_intake(stage_t *st, bool paused) { st->intake_paused = paused; }
 
 void stage_wake(stage_t *st)
 {
@@ -1069,7 +1072,7 @@ static void stage_loop(stage_t *st)
         };
         /* While jobs wait for room downstream, take no new work: that is the backpressure.
          * Results still come in: they free the pipeline rather than fill it. */
-        int n_items = st->pending.head ? 3 : 4;
+        int n_items = st->pending.head || st->intake_paused ? 3 : 4;
         int64_t wait = st->next_heartbeat_ms - stage_now_ms();
         if (st->ops->tick && next_tick - stage_now_ms() < wait)
             wait = next_tick - stage_now_ms();

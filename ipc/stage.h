@@ -124,6 +124,12 @@ void stage_job_release_tensors(stage_t *st, stage_job_t *job);
 /* Releases the job's tensors and frees it (the end of a job at its last step). */
 void stage_job_finish(stage_t *st, stage_job_t *job);
 
+/* While paused the stage reads no new jobs (results still come in): jobs wait in ZeroMQ's
+ * queue, whose high-water mark (queue_depth) then holds senders back, and a sender with
+ * several replicas to choose from gives the work to one with room. A stage that keeps jobs
+ * for a worker pauses while it holds enough of them. */
+void stage_pause_intake(stage_t *st, bool paused);
+
 /* Runs the tick callback at the loop's next turn, at once: a worker thread that finished a
  * job calls it, so the job goes on without waiting up to tick_ms. The one function here that
  * any thread may call. */

@@ -176,6 +176,16 @@ int model_stage_folder(const stage_t *st, const char *component, char *out, size
     return n > 0 && (size_t)n < outlen ? 0 : -1;
 }
 
+/* One job computing and one queued behind it are enough to keep the worker busy: more would
+ * wait here, out of reach of the other replicas and of ZeroMQ's backpressure (queue_depth),
+ * and be lost with this process if it died. */
+#define MODEL_STAGE_HOLD 2
+
+static void model_stage_throttle(model_stage_t *ms, stage_t *st)
+{
+    stage_pause_intake(st, ms->held >= MODEL_STAGE_HOLD);
+}
+
 stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *job)
 {
     char err[PROTO_ERROR_MAX];
@@ -215,6 +225,7 @@ stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *
     pthread_cond_signal(&ms->wake);
     pthread_mutex_unlock(&ms->lock);
     ms->held++;
+    model_stage_throttle(ms, st);
     return STAGE_JOB_KEPT;
 }
 
@@ -246,6 +257,7 @@ static int task_send(model_stage_t *ms, stage_t *st, gen_task_t *t)
         job->msg.tensors[i] = refs[i];
     job->msg.n_tensors = t->n_out;
     ms->held--;
+    model_stage_throttle(ms, st);
     task_free(t);
     stage_job_forward(st, job);
     return 0;
@@ -278,6 +290,7 @@ void model_stage_tick(model_stage_t *ms, stage_t *st)
                      t->err);
             stage_job_t *job = t->job;
             ms->held--;
+            model_stage_throttle(ms, st);
             int code = t->code;
             char msg[PROTO_ERROR_MAX];
             snprintf(msg, sizeof msg, "%s", t->err);
