@@ -2,6 +2,7 @@
 import base64
 import json
 import re
+import socket
 import struct
 import time
 
@@ -261,9 +262,22 @@ def test_json_content_type_with_charset_is_accepted(api_shared):
 def test_oversized_bodies(api_shared):
     a = api_shared
     big = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
-    got, _, _ = a.request("POST", "/v1/images/generations", big,
-                          {"Content-Type": "application/json"})
-    assert got == 413
+    # The server answers 413 and closes while the body is still going out: the client sees a
+    # broken pipe on send, and the 413 if it arrived before the server's kernel reset the
+    # connection for the unread rest (then nothing: a reset is the refusal too). The 413
+    # itself is checked below, where the limit is seen in the headers.
+    with socket.create_connection(("127.0.0.1", a.port), timeout=10 * SLOW) as s:
+        try:
+            s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(big)
+                      + big)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            head = s.recv(4096)
+        except ConnectionResetError:
+            head = b""
+    assert head.startswith(b"HTTP/1.1 413") or head == b"", head[:100]
     # a Content-Length over the limit is refused before the body is sent
     code = a.raw(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
                  b"application/json\r\nContent-Length: 999999999\r\n\r\n")
