@@ -49,6 +49,17 @@ static void http_track_reply(ingress_t *in, struct evhttp_request *hreq)
     in->replies_writing++;
 }
 
+void http_send_json_buffer(ingress_t *in, struct evhttp_request *hreq, int route, int status,
+                           struct evbuffer *body)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type",
+                      "application/json");
+    http_track_reply(in, hreq);
+    evhttp_send_reply(hreq, status, status == 200 ? "OK" : NULL, body); /* moves the data */
+    evbuffer_free(body);
+    metrics_count(in, route, status);
+}
+
 void http_send_json(ingress_t *in, struct evhttp_request *hreq, int route, int status,
                     char *text)
 {

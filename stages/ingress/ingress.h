@@ -82,6 +82,9 @@ void http_send_error(ingress_t *in, struct evhttp_request *hreq, int route, int 
 /* Sends a JSON body (ownership of text moves in; it is free()d). */
 void http_send_json(ingress_t *in, struct evhttp_request *hreq, int route, int status,
                     char *text);
+/* The same with the body already in an evbuffer, which it takes (and frees). */
+void http_send_json_buffer(ingress_t *in, struct evhttp_request *hreq, int route, int status,
+                           struct evbuffer *body);
 bool http_ready(ingress_t *in, char *why, size_t whylen);
 
 /* ---- metrics.c ---- */
