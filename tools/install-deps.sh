@@ -16,7 +16,7 @@ packages=(
   libjansson-dev                                      # JSON (model configs, safetensors headers)
   libpcre2-dev libutf8proc-dev                        # tokenizer: Unicode regex, NFC normalisation
   libcmocka-dev                                       # C unit-test framework
-  python3 python3-pytest                              # process tests (pytest)
+  python3 python3-pytest python3-pip                  # process and API tests (pytest; pip for openai)
 )
 
 missing=()
