@@ -212,3 +212,36 @@ def test_reload_with_requests_in_flight_loses_none(real):
         except OSError:
             return False
     wait_for(ready, 30, "ready after the reload")
+
+
+@pytest.mark.slow
+def test_kill_ingress_with_requests_in_flight(real):
+    """kill -9 of the ingress: its clients' connections die with it (no process can answer
+    them), but none hangs, the ingress comes back and serves, the stages drop the orphaned jobs
+    (their origin was replaced: the cancel table says so), and nothing is left in /dev/shm."""
+    a = real()
+    reqs = [dict(prompt=f"orphan {i}", size="256x256", num_inference_steps=20, seed=400 + i)
+            for i in range(8)]
+    out = [None]
+    t = threading.Thread(target=lambda: out.__setitem__(0, generate_many(a, reqs, timeout=60)))
+    t.start()
+    before = a.svc.slot("ingress")
+    time.sleep(0.4)
+    os.kill(before["pid"], signal.SIGKILL)
+    t.join(120 * SLOW)
+    assert not t.is_alive(), "a client hung after the ingress died"
+    for status, body in out[0]:
+        assert status in (0, 200, 503), (status, body)  # 0: the connection died with it
+    print("statuses after the ingress kill:", [s for s, _ in out[0]])
+    wait_for(lambda: (s := a.svc.slot("ingress")) and s.get("ready") and s["gen"] > before["gen"],
+             20, "ingress restarted")
+
+    def served():
+        try:
+            return a.generate(timeout=60, prompt="after", size="32x32",
+                              num_inference_steps=2)[0] == 200
+        except OSError:
+            return False
+    wait_for(served, 30, "a request served by the new ingress")
+    assert a.svc.stop() == 0
+    assert proc.shm_segments(a.svc.instance) == []
