@@ -275,48 +275,57 @@ static ALWAYS_INLINE void silu_span(float *x, int64_t n)
 
 /* Each twice: with AVX2 (eight lanes, and the integer ops exp_f32 needs) and for any CPU.
  * No FMA in either, so both give the same bits. */
-static void gelu_tanh_any(float *x, int64_t n) { gelu_tanh_span(x, n); }
-static void silu_any(float *x, int64_t n) { silu_span(x, n); }
+/* The spans take a second operand y (NULL for the one-operand ops), so that one driver
+ * below serves them all. */
+typedef void (*span_fn)(float *x, const float *y, int64_t n);
+
+static void gelu_tanh_any(float *x, const float *y, int64_t n) { (void)y; gelu_tanh_span(x, n); }
+static void silu_any(float *x, const float *y, int64_t n) { (void)y; silu_span(x, n); }
 #ifdef HAVE_X86_PATHS
-__attribute__((target("avx2"))) static void gelu_tanh_avx2(float *x, int64_t n)
+__attribute__((target("avx2"))) static void gelu_tanh_avx2(float *x, const float *y, int64_t n)
 {
+    (void)y;
     gelu_tanh_span(x, n);
 }
-__attribute__((target("avx2"))) static void silu_avx2(float *x, int64_t n) { silu_span(x, n); }
+__attribute__((target("avx2"))) static void silu_avx2(float *x, const float *y, int64_t n)
+{
+    (void)y;
+    silu_span(x, n);
+}
 #endif
 
-/* An element-wise op over n elements in chunks, threaded over the chunks. */
+/* An element-wise op over n elements (x, and y when not NULL) in chunks, threaded over the
+ * chunks. */
 #define ELEM_CHUNK 8192
 
-static void elementwise(nn_ctx_t *ctx, float *x, int64_t n, void (*any)(float *, int64_t),
-                        void (*avx2)(float *, int64_t))
+static void elementwise(nn_ctx_t *ctx, float *x, const float *y, int64_t n, span_fn any,
+                        span_fn avx2)
 {
     const cpu_state_t *st = ctx->impl;
-    void (*span)(float *, int64_t) = st->avx2 && avx2 ? avx2 : any;
+    span_fn span = st->avx2 && avx2 ? avx2 : any;
     const int64_t chunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
 #pragma omp parallel for num_threads(ctx->threads) if (n >= PAR_MIN) schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
         int64_t from = c * ELEM_CHUNK, len = n - from < ELEM_CHUNK ? n - from : ELEM_CHUNK;
-        span(x + from, len);
+        span(x + from, y ? y + from : NULL, len);
     }
 }
 
+/* The AVX2 version of a span where the build can have one, NULL elsewhere. */
+#ifdef HAVE_X86_PATHS
+#define AVX2_SPAN(f) f
+#else
+#define AVX2_SPAN(f) NULL
+#endif
+
 static void cpu_gelu_tanh(nn_ctx_t *ctx, float *x, int64_t n)
 {
-#ifdef HAVE_X86_PATHS
-    elementwise(ctx, x, n, gelu_tanh_any, gelu_tanh_avx2);
-#else
-    elementwise(ctx, x, n, gelu_tanh_any, NULL);
-#endif
+    elementwise(ctx, x, NULL, n, gelu_tanh_any, AVX2_SPAN(gelu_tanh_avx2));
 }
 
 static void cpu_silu(nn_ctx_t *ctx, float *x, int64_t n)
 {
-#ifdef HAVE_X86_PATHS
-    elementwise(ctx, x, n, silu_any, silu_avx2);
-#else
-    elementwise(ctx, x, n, silu_any, NULL);
-#endif
+    elementwise(ctx, x, NULL, n, silu_any, AVX2_SPAN(silu_avx2));
 }
 
 /* torch's act_fn(gate) * up: the SiLU rounded, then the product. */
@@ -339,18 +348,7 @@ __attribute__((target("avx2"))) static void silu_mul_avx2(float *x, const float 
 
 static void cpu_silu_mul(nn_ctx_t *ctx, float *x, const float *y, int64_t n)
 {
-    const cpu_state_t *st = ctx->impl;
-    void (*span)(float *, const float *, int64_t) = silu_mul_any;
-#ifdef HAVE_X86_PATHS
-    if (st->avx2)
-        span = silu_mul_avx2;
-#endif
-    const int64_t chunks = (n + ELEM_CHUNK - 1) / ELEM_CHUNK;
-#pragma omp parallel for num_threads(ctx->threads) if (n >= PAR_MIN) schedule(static)
-    for (int64_t c = 0; c < chunks; c++) {
-        int64_t from = c * ELEM_CHUNK, len = n - from < ELEM_CHUNK ? n - from : ELEM_CHUNK;
-        span(x + from, y + from, len);
-    }
+    elementwise(ctx, x, y, n, silu_mul_any, AVX2_SPAN(silu_mul_avx2));
 }
 
 /* diffusers' apply_rotary_emb_qwen (use_real=False): a complex product per pair, rounded as

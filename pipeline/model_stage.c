@@ -61,7 +61,6 @@ struct model_stage {
     atomic_bool abort;        /* read by computes between their steps */
     gen_cancel_t *cancel;     /* worker thread only: the origins' cancel tables */
     stage_t *st;              /* for stage_wake, the one skeleton call the worker makes */
-    uint32_t running;         /* lock: 1 while the worker computes a task */
     task_queue_t waiting;     /* loop thread only: computed, waiting for room in the pool */
     uint32_t held;            /* loop thread only: jobs kept (queued, running, done, waiting) */
 };
@@ -84,7 +83,6 @@ static void *worker_main(void *arg)
         if (ms->quit)
             break;
         gen_task_t *t = queue_pop(&ms->todo);
-        ms->running = 1;
         pthread_mutex_unlock(&ms->lock);
         int64_t t0 = stage_now_us();
         if (atomic_load(&ms->abort))
@@ -95,7 +93,6 @@ static void *worker_main(void *arg)
             gen_task_fail(t, 500, "%s failed", ms->spec.what);
         t->busy_us = (uint64_t)(stage_now_us() - t0);
         pthread_mutex_lock(&ms->lock);
-        ms->running = 0;
         queue_push(&ms->done, t);
         stage_wake(ms->st); /* forward it now, not at the next tick */
     }

@@ -18,6 +18,7 @@
 #include "nn/ops.h"
 #include "nn/qwen_text_encoder.h"
 #include "nn/safetensors.h"
+#include "tests/common/files.h"
 #include "tests/common/golden.h"
 
 #define GOLDEN "tests/golden"
@@ -204,27 +205,6 @@ static void test_bad_ids(void **state)
 
 static char g_tmp[256];
 
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    assert_non_null(in);
-    assert_non_null(out);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        assert_int_equal(fwrite(buf, 1, n, out), n);
-    fclose(in);
-    fclose(out);
-}
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 static int make_tmp(void **state)
 {
     (void)state;
@@ -233,7 +213,7 @@ static int make_tmp(void **state)
         return -1;
     char path[512];
     snprintf(path, sizeof path, "%s/model.safetensors", g_tmp);
-    copy_file(GOLDEN "/text_tiny/text_encoder/model.safetensors", path);
+    test_copy_file(GOLDEN "/text_tiny/text_encoder/model.safetensors", path);
     return 0;
 }
 
@@ -254,7 +234,7 @@ static const char *load_with(const char *config, char *err, size_t errlen)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/config.json", g_tmp);
-    write_text(path, config);
+    test_write_text(path, config);
     nn_ctx_t ctx;
     assert_int_equal(nn_ctx_init_cpu(&ctx, 1), 0);
     err[0] = 0;

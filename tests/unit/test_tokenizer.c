@@ -21,6 +21,7 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
+#include "tests/common/files.h"
 #include "text/tokenizer.h"
 #include "text/tokenizer_internal.h"
 
@@ -286,10 +287,7 @@ static const char *tmp_path(const char *name)
 
 static void write_text(const char *name, const char *text)
 {
-    FILE *f = fopen(tmp_path(name), "wb");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
+    test_write_text(tmp_path(name), text);
 }
 
 static void write_json(const char *name, const json_t *v)
@@ -301,15 +299,7 @@ static void copy_fixture(const char *name)
 {
     char src[256];
     snprintf(src, sizeof src, SMALL "/%s", name);
-    FILE *in = fopen(src, "rb"), *out = fopen(tmp_path(name), "wb");
-    assert_non_null(in);
-    assert_non_null(out);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        assert_int_equal(fwrite(buf, 1, n, out), n);
-    fclose(in);
-    fclose(out);
+    test_copy_file(src, tmp_path(name));
 }
 
 static void clear_tmp(void)

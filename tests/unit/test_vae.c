@@ -28,6 +28,7 @@
 #include "nn/philox.h"
 #include "nn/qwen_image_vae.h"
 #include "nn/safetensors.h"
+#include "tests/common/files.h"
 #include "tests/common/golden.h"
 
 #define GOLDEN "tests/golden"
@@ -68,19 +69,6 @@ static void draw(uint64_t seed, const char *name, int64_t n, float a, float b, f
     }
 }
 
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    assert_non_null(in);
-    assert_non_null(out);
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        assert_int_equal(fwrite(buf, 1, n, out), n);
-    fclose(in);
-    fclose(out);
-}
-
 /* Writes dir/vae/{config.json, diffusion_pytorch_model.safetensors} for golden case `name`,
  * with one extra tensor when `extra` is set. */
 static void build_folder(const char *name, const safetensors_t *io, const char *dir, bool extra)
@@ -91,7 +79,7 @@ static void build_folder(const char *name, const safetensors_t *io, const char *
     char from[512];
     snprintf(from, sizeof from, GOLDEN "/%s/vae/config.json", name);
     snprintf(path, sizeof path, "%s/vae/config.json", dir);
-    copy_file(from, path);
+    test_copy_file(from, path);
 
     const char *list = safetensors_metadata(io, "weights");
     const char *seed_s = safetensors_metadata(io, "weights_seed");
@@ -634,14 +622,10 @@ static const char *load_with(const char *config, int parts, char *err, size_t er
 {
     char path[512];
     snprintf(path, sizeof path, "%s/vae/config.json", g_dir);
-    if (config) {
-        FILE *f = fopen(path, "w");
-        assert_non_null(f);
-        fputs(config, f);
-        fclose(f);
-    } else {
-        copy_file(GOLDEN "/vae_tiny/vae/config.json", path);
-    }
+    if (config)
+        test_write_text(path, config);
+    else
+        test_copy_file(GOLDEN "/vae_tiny/vae/config.json", path);
     nn_ctx_t ctx;
     assert_int_equal(nn_ctx_init_cpu(&ctx, 1), 0);
     err[0] = 0;
