@@ -1032,6 +1032,38 @@ static bool stage_retired(stage_t *st)
     return stage_now_ms() - st->last_job_ms > (quiet > 200 ? quiet : 200);
 }
 
+static void stage_drain_signal_pipe(void)
+{
+    char buf[64];
+    while (read(stage_signal_pipe[0], buf, sizeof buf) == (ssize_t)sizeof buf)
+        ;
+}
+
+/* The stage's own loop waits (ops->wait) on the signal pipe and the sockets' ZMQ_FDs.
+ * ZMQ_FD only says that a socket's state may have changed, and it is asking ZMQ_EVENTS that
+ * re-arms it: so every socket is asked first, and the wait happens only when none has a
+ * message (one that comes after the question makes its fd readable). The first n_sockets of
+ * control, results_in, jobs_in are read. */
+static void stage_wait_in_stage(stage_t *st, int n_sockets, int timeout_ms)
+{
+    void *const sockets[3] = {st->control, st->results_in, st->jobs_in};
+    int fds[4];
+    int n_fds = 0;
+    fds[n_fds++] = stage_signal_pipe[0];
+    for (int i = 0; i < n_sockets; i++) {
+        int events = 0, fd = -1;
+        size_t len = sizeof events;
+        if (zmq_getsockopt(sockets[i], ZMQ_EVENTS, &events, &len) != 0 ||
+            (events & ZMQ_POLLIN))
+            return; /* a message waits (or the socket is in trouble): handle it now */
+        len = sizeof fd;
+        if (zmq_getsockopt(sockets[i], ZMQ_FD, &fd, &len) != 0)
+            return;
+        fds[n_fds++] = fd;
+    }
+    st->ops->wait(st, st->state, fds, n_fds, timeout_ms);
+}
+
 static void stage_loop(stage_t *st)
 {
     int tick_ms = st->ops->tick_ms > 0 ? st->ops->tick_ms : 100;
@@ -1080,14 +1112,16 @@ static void stage_loop(stage_t *st)
             wait = 5;
         if (wait < 0)
             wait = 0;
-        if (zmq_poll(items, n_items, (long)wait) < 0 && errno != EINTR) {
-            log_error("poll: %s", zmq_strerror(errno));
-            break;
-        }
-        if (items[1].revents & ZMQ_POLLIN) {
-            char buf[64];
-            ssize_t r = read(stage_signal_pipe[0], buf, sizeof buf);
-            (void)r;
+        if (st->ops->wait) {
+            stage_wait_in_stage(st, n_items - 1, (int)wait);
+            stage_drain_signal_pipe();
+        } else {
+            if (zmq_poll(items, n_items, (long)wait) < 0 && errno != EINTR) {
+                log_error("poll: %s", zmq_strerror(errno));
+                break;
+            }
+            if (items[1].revents & ZMQ_POLLIN)
+                stage_drain_signal_pipe();
         }
         stage_handle_control(st);
         stage_handle_jobs(st, st->results_in, true);

@@ -60,6 +60,14 @@ typedef struct {
     /* Called once on the way out. It must forward, fail or finish every job it kept; the
      * skeleton then hands what it holds back to the origins. */
     void (*fini)(stage_t *st, void *state);
+    /* Optional: the stage's own event loop does the waiting, for a stage that has sources of
+     * its own (the ingress: libevent's HTTP server), so that they are served the moment they
+     * are ready rather than on a tick. Wait until one of fds is readable, one of the stage's
+     * own sources has been handled, or timeout_ms (0: do not block) has passed. The fds are
+     * the skeleton's (its signal pipe, ZeroMQ's ZMQ_FD of each socket it reads now); it asks
+     * the sockets first and calls this only when none has a message waiting. NULL: the
+     * skeleton's zmq_poll waits. */
+    void (*wait)(stage_t *st, void *state, const int *fds, int n_fds, int timeout_ms);
     int tick_ms;               /* 0: 100 */
 } stage_ops_t;
 

@@ -108,7 +108,16 @@ struct nn_ctx {
     const nn_backend_t *backend;
     int threads;      /* compute threads (OpenMP); OpenBLAS runs single-threaded in each */
     void *impl;       /* the backend's own state */
+    /* Optional, set by the caller around a model call: the models poll it between their
+     * blocks (the text encoder's layers, the transformer's, the VAE's), and true ends the
+     * call early with -1 and the error "stopped". A server sets it to drop a job whose
+     * client has gone. */
+    bool (*stop)(void *user);
+    void *stop_user;
 };
+
+/* True when the caller asked the model call in progress to stop (nn_ctx_t.stop). */
+static inline bool nn_stopped(const nn_ctx_t *c) { return c->stop && c->stop(c->stop_user); }
 
 /* A CPU context with `threads` threads (0: every core the process may run on). Returns 0, or
  * -1 when its scratch memory cannot be had. A context serves one caller thread at a time.

@@ -527,6 +527,10 @@ int dit_forward(dit_t *dit, const dit_input_t *in, float *out, dit_trace_t *trac
                 s.key_mask[i] = 1.0f;
         }
         for (int i = 0; i < c->num_layers; i++) {
+            if (nn_stopped(ctx)) {
+                snprintf(err, errlen, "stopped");
+                return -1;
+            }
             dit_block(dit, &w->blocks[i], &s, S, L, n_first, cos_t, sin_t, masked);
             if (trace && trace->block_img && trace->block_img[i])
                 memcpy(trace->block_img[i] + (size_t)b * S * D, s.x_img,

@@ -98,7 +98,8 @@ typedef struct {
 } dit_trace_t;
 
 /* out [batch, img_len, patch^2 x out_channels]. Returns 0, or -1 with err on bad input
- * (shapes that do not add up, too many images) or no memory. The activations live in the
+ * (shapes that do not add up, too many images), no memory, or "stopped" when the context's
+ * stop said so between blocks (nn_ctx_t.stop). The activations live in the
  * dit between calls (grown to the largest call so far): one caller at a time per dit. */
 int dit_forward(dit_t *dit, const dit_input_t *in, float *out, dit_trace_t *trace, char *err,
                 size_t errlen);

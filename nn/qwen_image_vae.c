@@ -711,6 +711,15 @@ static void trace_at(const vae_bufs_t *b, const char *name, const float *x, int6
         b->trace->fn(b->trace->user, name, x, ch, h, w);
 }
 
+/* Between blocks: true, with err, when the caller asked the call to stop (nn_ctx_t.stop). */
+static bool vae_stopped(nn_ctx_t *ctx, char *err, size_t errlen)
+{
+    if (!nn_stopped(ctx))
+        return false;
+    snprintf(err, errlen, "stopped");
+    return true;
+}
+
 /* A causal 3x3x3 convolution (QwenImageCausalConv3d, padding 1) of the first frame: with an
  * empty cache the reference pads two zero frames in front, so only the last temporal slice
  * meets data and this is its 2D convolution, zero-padded by 1.
@@ -863,8 +872,11 @@ static int vae_decode_frame(qwen_vae_t *vae, const float *z, int64_t h, int64_t 
     int64_t ch = dec_dim(c, 0);
     for (int i = 0; i < c->levels; i++) {
         const vae_up_block_t *ub = &d->up[i];
-        for (int r = 0; r <= c->num_res_blocks; r++)
+        for (int r = 0; r <= c->num_res_blocks; r++) {
+            if (vae_stopped(ctx, err, errlen))
+                return -1;
             vae_res(ctx, &ub->res[r], &b, h, w);
+        }
         ch = dec_dim(c, i + 1);
         if (ub->has_up) {
             vae_resample(ctx, &ub->up, &b, &h, &w);
@@ -1085,6 +1097,8 @@ int qwen_vae_encode(qwen_vae_t *vae, const float *image, int frames, int height,
     int64_t ch = enc_dim(c, 0);
     for (int j = 0; j < e->n_down; j++) {
         const vae_down_layer_t *l = &e->down[j];
+        if (vae_stopped(ctx, err, errlen))
+            return -1;
         if (l->is_res) {
             vae_res(ctx, &l->res, &b, h, w);
             ch = l->res.out_c;

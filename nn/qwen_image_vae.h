@@ -106,8 +106,9 @@ void qwen_vae_tiling_default(qwen_vae_tiling_t *t);
  * [-1, 1]: post_quant_conv, the decoder, the clamp. Tiled decodes return the reference's
  * tiled_decode result, which is not clamped (the pipeline's postprocess clamps either way).
  * frames must be 1: video decoding (frames > 1) is not implemented. tiling NULL: the
- * defaults. Returns 0, or -1 with err (bad sizes, no memory). One caller at a time per VAE;
- * needs the decoder loaded. */
+ * defaults. Returns 0, or -1 with err (bad sizes, no memory, or "stopped" when the context's
+ * stop said so between blocks: nn_ctx_t.stop). One caller at a time per VAE; needs the
+ * decoder loaded. */
 int qwen_vae_decode(qwen_vae_t *vae, const float *z, int frames, int h, int w,
                     const qwen_vae_tiling_t *tiling, float *image,
                     const qwen_vae_trace_t *trace, char *err, size_t errlen);
@@ -115,8 +116,8 @@ int qwen_vae_decode(qwen_vae_t *vae, const float *z, int frames, int h, int w,
 /* Encodes image [3, frames, height, width] with values in [-1, 1] (qwen_vae_preprocess_rgb8)
  * into the posterior mean [z_dim, frames, h, w] (qwen_vae_latent_size), which the edit
  * pipelines use (retrieve_latents with sample_mode "argmax"); normalise it with
- * qwen_vae_normalize before the transformer. frames must be 1. Returns 0, or -1 with err.
- * Needs the encoder loaded. */
+ * qwen_vae_normalize before the transformer. frames must be 1. Returns 0, or -1 with err
+ * ("stopped" as for decode). Needs the encoder loaded. */
 int qwen_vae_encode(qwen_vae_t *vae, const float *image, int frames, int height, int width,
                     float *mean, const qwen_vae_trace_t *trace, char *err, size_t errlen);
 

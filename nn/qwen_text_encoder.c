@@ -472,6 +472,10 @@ int qwen_text_encoder_forward(qwen_text_encoder_t *enc, const int32_t *ids, int6
     if (keep && keep[0])
         memcpy(keep[0], s.x, (size_t)(n * D) * sizeof(float));
     for (int i = 0; i < c->num_layers; i++) {
+        if (nn_stopped(enc->ctx)) {
+            snprintf(err, errlen, "stopped");
+            return -1;
+        }
         decoder_layer(enc, &enc->layers[i], n, &s);
         if (keep && keep[i + 1])
             memcpy(keep[i + 1], s.x, (size_t)(n * D) * sizeof(float));

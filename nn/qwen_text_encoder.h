@@ -56,7 +56,8 @@ typedef struct {
 } qwen_text_trace_t;
 
 /* out [n, hidden_size]: the final hidden state of the n tokens ids (positions 0..n-1). Returns
- * 0, or -1 with err for an id outside the vocabulary, n <= 0, or no memory. The activations
+ * 0, or -1 with err for an id outside the vocabulary, n <= 0, no memory, or "stopped" when the
+ * context's stop said so between layers (nn_ctx_t.stop). The activations
  * live in the encoder between calls: one caller at a time per encoder. */
 int qwen_text_encoder_forward(qwen_text_encoder_t *enc, const int32_t *ids, int64_t n,
                               float *out, const qwen_text_trace_t *trace, char *err,

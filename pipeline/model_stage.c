@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ipc/log.h"
+#include "nn/ops.h"
 #include "pipeline/cancel.h"
 
 /* A FIFO of tasks. */
@@ -73,6 +74,33 @@ static void task_free(gen_task_t *t)
     free(t);
 }
 
+static bool task_should_stop(void *task) { return gen_task_cancelled(task); }
+
+/* The stage's compute, with the models asking between their blocks whether the task was
+ * cancelled. */
+static void task_compute(model_stage_t *ms, gen_task_t *t)
+{
+    nn_ctx_t *ctx = ms->spec.ctx;
+    if (ctx) {
+        ctx->stop = task_should_stop;
+        ctx->stop_user = t;
+    }
+    int rc = ms->spec.compute(ms->spec.model, t);
+    if (ctx) {
+        ctx->stop = NULL;
+        ctx->stop_user = NULL;
+    }
+    if (rc == 0)
+        return;
+    /* stopped part-way, or failed while its client was leaving: the answer says so */
+    if (atomic_load(&ms->abort))
+        gen_task_fail(t, 503, "%s: the stage is stopping", ms->spec.what);
+    else if (gen_task_cancelled(t))
+        gen_task_fail(t, 499, "%s: cancelled", ms->spec.what);
+    else if (t->code == 0)
+        gen_task_fail(t, 500, "%s failed", ms->spec.what);
+}
+
 static void *worker_main(void *arg)
 {
     model_stage_t *ms = arg;
@@ -89,8 +117,10 @@ static void *worker_main(void *arg)
             gen_task_fail(t, 503, "%s: the stage is stopping", ms->spec.what);
         else if (gen_task_cancelled(t))
             gen_task_fail(t, 499, "%s: cancelled before it started", ms->spec.what);
-        else if (ms->spec.compute(ms->spec.model, t) != 0 && t->code == 0)
-            gen_task_fail(t, 500, "%s failed", ms->spec.what);
+        else {
+            log_debug("%s: job %llu computing", ms->spec.what, (unsigned long long)t->id);
+            task_compute(ms, t);
+        }
         t->busy_us = (uint64_t)(stage_now_us() - t0);
         pthread_mutex_lock(&ms->lock);
         queue_push(&ms->done, t);
@@ -282,9 +312,13 @@ void model_stage_tick(model_stage_t *ms, stage_t *st)
                               (unsigned long long)bytes,
                               (unsigned long long)stage_pool_capacity(st));
         }
-        if (t->code != 0) {
+        if (t->code == 499) /* its client left: not the stage's failure */
+            log_info("%s: job %llu dropped: %s", ms->spec.what, (unsigned long long)t->id,
+                     t->err);
+        else if (t->code != 0)
             log_warn("%s: job %llu failed: %s", ms->spec.what, (unsigned long long)t->id,
                      t->err);
+        if (t->code != 0) {
             stage_job_t *job = t->job;
             ms->held--;
             model_stage_throttle(ms, st);

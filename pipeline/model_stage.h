@@ -60,6 +60,11 @@ typedef struct {
     uint32_t min_inputs, max_inputs;     /* tensors a job must bring */
     gen_compute_fn compute;
     void *model;
+    /* The models' context, or NULL. While a task computes, the worker makes its stop
+     * (nn_ctx_t.stop) the task's cancellation, so that a model stops between its blocks, and
+     * a task that failed because it was cancelled is answered 499 (or 503, the stage
+     * stopping). */
+    struct nn_ctx *ctx;
 } model_stage_spec_t;
 
 typedef struct model_stage model_stage_t;
@@ -80,7 +85,8 @@ uint32_t model_stage_inflight(const model_stage_t *ms);
 void *gen_output_alloc(gen_task_t *task, int dtype, int ndim, const int64_t *shape);
 /* True when the task should stop: its client is gone (the origin's cancel table,
  * pipeline/cancel.h) or the stage is stopping. For compute functions, between steps; the
- * worker also asks before it starts a task, and skips it. */
+ * worker also asks before it starts a task, and skips it, and the models ask between blocks
+ * (model_stage_spec_t.ctx). */
 bool gen_task_cancelled(gen_task_t *task);
 
 /* Sets the task's failure and returns -1. */

@@ -17,6 +17,7 @@ packages=(
   libpcre2-dev libutf8proc-dev                        # tokenizer: Unicode regex, NFC normalisation
   libcmocka-dev                                       # C unit-test framework
   python3 python3-pytest python3-pip                  # process and API tests (pytest; pip for openai)
+  wrk                                                 # make bench: GET /health requests per second
 )
 
 missing=()

@@ -68,10 +68,8 @@ static int denoise_compute(void *model, gen_task_t *t)
     free(packed);
     if (rc == -2) /* the request's step count cannot be scheduled: the client's error */
         return gen_task_fail(t, 400, "denoise: %s", err);
-    if (rc != 0)
-        /* a stopping stage: 503, the origin retries elsewhere; a client gone: 499 */
-        return gen_task_fail(t, atomic_load(t->abort) ? 503 : gen_task_cancelled(t) ? 499 : 500,
-                             "denoise: %s", err);
+    if (rc != 0) /* stopped (a client gone, the stage stopping): the worker says which */
+        return gen_task_fail(t, 500, "denoise: %s", err);
     return 0;
 }
 
@@ -106,7 +104,8 @@ static int denoise_init(stage_t *st, int argc, char **argv, void **state)
         return STAGE_EXIT_CONFIG;
     }
     model_stage_spec_t spec = {.what = "denoise", .min_inputs = 2, .max_inputs = 4,
-                               .compute = denoise_compute, .model = ds};
+                               .compute = denoise_compute, .model = ds,
+                               .ctx = &ds->ctx};
     if (!(ds->ms = model_stage_start(&spec, st)))
         return STAGE_EXIT_ERROR;
     log_info("transformer loaded: %zu MiB of weights", dit_weight_bytes(ds->dit) >> 20);

@@ -59,12 +59,20 @@ typedef struct ingress {
                                    for the drain, which would then wait its whole timeout */
     uint64_t next_serial;
     int64_t last_lost_check_ms;
+    bool send_blocked;          /* jobs_tick left images unsent: the pipeline took no more */
     ingress_metrics_t m;
+
+    /* main.c: the skeleton's file descriptors in libevent's loop (stage_ops_t.wait) */
+    struct event *wait_events[4];
+    int wait_fds[4];
+    int n_wait;
+    struct event *wait_timer;
 } ingress_t;
 
 /* Takes a validated request (ownership of *req moves in) for the client behind hreq. */
 void jobs_accept(ingress_t *in, struct evhttp_request *hreq, gen_request_t *req);
-/* Sends what waits, finds lost jobs, times out old requests: from the tick. */
+/* Sends what waits, finds lost jobs, times out old requests: from the tick, and as soon as
+ * the pipeline takes jobs again after send_blocked. */
 void jobs_tick(ingress_t *in);
 /* A job came back (a result or a failure). */
 void jobs_result(ingress_t *in, stage_job_t *job);

@@ -417,6 +417,7 @@ void jobs_tick(ingress_t *in)
         in->last_lost_check_ms = now;
 
     bool can_send = true;
+    in->send_blocked = false;
     ingress_request_t *next;
     for (ingress_request_t *r = in->requests; r; r = next) {
         next = r->next; /* r may be answered and freed below */
@@ -451,8 +452,10 @@ void jobs_tick(ingress_t *in)
         for (int i = 0; alive && i < r->req.n; i++) {
             if (r->images[i].state != IMG_WAITING)
                 continue;
-            if (!can_send || !(can_send = stage_can_send(in->st)))
+            if (!can_send || !(can_send = stage_can_send(in->st))) {
+                in->send_blocked = true;
                 break;
+            }
             if (jobs_send(in, r, i) != 0) {
                 jobs_answer_error(in, r, 503, "server_error", "out_of_memory",
                                   "cannot make the job (out of memory)");

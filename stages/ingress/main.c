@@ -2,15 +2,16 @@
  * (route text -> denoise -> vae -> encode -> back here), keeps the client's request until
  * every image is back, and answers.
  *
- * Event loop: the skeleton owns a zmq_poll loop; libevent's HTTP server runs inside it, one
- * non-blocking event_base_loop per tick with tick_ms = 1. libevent cannot hand its epoll fd to
- * zmq_poll, so the alternative (an extra pollable fd in the skeleton) would need a second
- * thread and locks around every request; a 1 ms tick costs ~1 ms of added latency at most and
- * about 1% of a core while idle (measured: see tests/api/test_api.py::test_idle_cpu). */
+ * Event loop: the skeleton owns the loop and libevent does its waiting (stage_ops_t.wait):
+ * the skeleton's signal pipe and ZeroMQ sockets (their ZMQ_FDs) are events in libevent's
+ * base next to the HTTP server's, so that a request is read, and an answer written, the
+ * moment it can be, and a job's result handled the moment it comes. One thread: the HTTP
+ * callbacks call the skeleton directly. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <sodium.h>
 
@@ -63,10 +64,65 @@ static int ingress_init(stage_t *st, int argc, char **argv, void **state)
 
 static void ingress_tick(stage_t *st, void *state)
 {
+    jobs_tick(state);
+}
+
+/* The events only end libevent's wait: the skeleton reads its fds when the wait returns. */
+static void ingress_woken(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+static void ingress_wait_forget(ingress_t *in)
+{
+    for (int i = 0; i < in->n_wait; i++)
+        event_free(in->wait_events[i]);
+    in->n_wait = 0;
+}
+
+/* Registers the skeleton's fds with libevent, when they are not those of the last turn (they
+ * change only when the skeleton stops or starts reading new jobs). */
+static int ingress_wait_watch(ingress_t *in, const int *fds, int n_fds)
+{
+    if (n_fds == in->n_wait && !memcmp(fds, in->wait_fds, (size_t)n_fds * sizeof *fds))
+        return 0;
+    ingress_wait_forget(in);
+    for (int i = 0; i < n_fds && i < 4; i++) {
+        struct event *ev = event_new(in->base, fds[i], EV_READ | EV_PERSIST, ingress_woken, NULL);
+        if (!ev || event_add(ev, NULL) != 0) {
+            if (ev)
+                event_free(ev);
+            ingress_wait_forget(in);
+            return -1;
+        }
+        in->wait_events[in->n_wait] = ev;
+        in->wait_fds[in->n_wait++] = fds[i];
+    }
+    return 0;
+}
+
+static void ingress_wait(stage_t *st, void *state, const int *fds, int n_fds, int timeout_ms)
+{
     ingress_t *in = state;
-    /* Bounded: EVLOOP_NONBLOCK handles what is ready now and returns. */
-    event_base_loop(in->base, EVLOOP_NONBLOCK);
-    jobs_tick(in);
+    if (in->send_blocked && stage_can_send(st))
+        jobs_tick(in); /* the pipeline takes jobs again: send what waited */
+    if (!in->wait_timer)
+        in->wait_timer = evtimer_new(in->base, ingress_woken, NULL);
+    if (timeout_ms > 0 && in->wait_timer && ingress_wait_watch(in, fds, n_fds) == 0) {
+        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+        evtimer_add(in->wait_timer, &tv);
+        event_base_loop(in->base, EVLOOP_ONCE);
+        evtimer_del(in->wait_timer);
+    } else {
+        /* not blocking (or libevent cannot watch the fds: then a turn every millisecond) */
+        event_base_loop(in->base, EVLOOP_NONBLOCK);
+        if (timeout_ms > 0) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
 }
 
 static stage_job_result_t ingress_job(stage_t *st, void *state, stage_job_t *job)
@@ -83,6 +139,9 @@ static uint32_t ingress_inflight(stage_t *st, void *state)
 static void ingress_fini(stage_t *st, void *state)
 {
     ingress_t *in = state;
+    ingress_wait_forget(in);
+    if (in->wait_timer)
+        event_free(in->wait_timer);
     jobs_fail_all(in, "the service is stopping");
     /* Let the answers out: turns of the loop until every reply is written (a slow reader of
      * a large answer may need seconds), bounded well below the supervisor's stop_timeout_ms
@@ -111,7 +170,9 @@ int main(int argc, char **argv)
         .tick = ingress_tick,
         .inflight = ingress_inflight,
         .fini = ingress_fini,
-        .tick_ms = 1,
+        .wait = ingress_wait,
+        /* request deadlines, lost jobs: nothing there needs a finer clock */
+        .tick_ms = 10,
     };
     return stage_main(argc, argv, &ops);
 }

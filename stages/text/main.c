@@ -75,7 +75,8 @@ static int text_init(stage_t *st, int argc, char **argv, void **state)
         return STAGE_EXIT_CONFIG;
     }
     model_stage_spec_t spec = {.what = "text", .min_inputs = 0, .max_inputs = 0,
-                               .compute = text_compute, .model = ts};
+                               .compute = text_compute, .model = ts,
+                               .ctx = &ts->ctx};
     if (!(ts->ms = model_stage_start(&spec, st)))
         return STAGE_EXIT_ERROR;
     log_info("text encoder loaded: %zu MiB of weights",

@@ -73,7 +73,8 @@ static int vae_init(stage_t *st, int argc, char **argv, void **state)
     }
     qwen_vae_tiling_default(&vs->tiling);
     model_stage_spec_t spec = {.what = "vae", .min_inputs = 1, .max_inputs = 1,
-                               .compute = vae_compute, .model = vs};
+                               .compute = vae_compute, .model = vs,
+                               .ctx = &vs->ctx};
     if (!(vs->ms = model_stage_start(&spec, st)))
         return STAGE_EXIT_ERROR;
     log_info("VAE decoder loaded: %zu MiB of weights", qwen_vae_weight_bytes(vs->vae) >> 20);

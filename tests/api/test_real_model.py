@@ -1,12 +1,15 @@
 """The service with its real model stages on the small random model the repository carries
 (models/tiny-qwen-image): its images equal the one-process CLI's byte for byte, a request's
 image is the same alone and among concurrent requests, every model stage can be killed with
-requests in flight (each request still gets its correct image, or a 503), and SIGTERM finishes
-the requests in flight before it exits 0."""
+requests in flight (each request still gets its correct image, or a 503), SIGTERM finishes
+the requests in flight before it exits 0, and a model stage stops a job whose client left in
+the middle of its compute."""
 import base64
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -245,3 +248,25 @@ def test_kill_ingress_with_requests_in_flight(real):
     wait_for(served, 30, "a request served by the new ingress")
     assert a.svc.stop() == 0
     assert proc.shm_segments(a.svc.instance) == []
+
+
+def test_client_gone_stops_the_vae_between_blocks(real):
+    """A client that disconnects while the VAE decodes its image (1024x1024: seconds on this
+    model) is not decoded to the end: the VAE stops between its blocks (the model stages'
+    context asks the cancel table) and drops the job, which never reaches encode."""
+    a = real(log_level="debug")
+    body = json.dumps(dict(prompt="gone", size="1024x1024", num_inference_steps=2,
+                           seed=11)).encode()
+    s = socket.create_connection(("127.0.0.1", a.port))
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+              b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    started = re.compile(r"vae: job (\d+) computing$", re.M)
+    wait_for(lambda: started.search(a.svc.log_text()), 60 * SLOW, "the VAE to start the job")
+    job = started.search(a.svc.log_text()).group(1)
+    s.close()
+    dropped = re.compile(rf"vae: job {job} dropped: vae: cancelled$", re.M)
+    wait_for(lambda: dropped.search(a.svc.log_text()), 30 * SLOW, "the VAE to drop the job")
+    assert not re.search(rf"encode: job {job} computing", a.svc.log_text())
+    assert a.generate(prompt="after", size="32x32", num_inference_steps=2, timeout=60)[0] == 200
+    samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
+    assert samples[("diffusiond_jobs_total", (("event", "cancelled"),))] == 1

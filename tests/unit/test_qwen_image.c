@@ -24,6 +24,7 @@
 #include "nn/safetensors.h"
 #include "nn/scheduler.h"
 #include "tests/common/golden.h"
+#include "tests/common/stop.h"
 
 #define GOLDEN "tests/golden"
 #define TOL 1e-4
@@ -213,6 +214,41 @@ static void test_dit_batch_invariance(void **state)
     free(img);
     free(txt);
     free(mask);
+    case_close(&k);
+}
+
+/* The context's stop is asked before each block: saying no changes no bit, saying yes ends
+ * the forward with "stopped", and the transformer works on afterwards. */
+static void test_dit_stop(void **state)
+{
+    (void)state;
+    if (!have(GOLDEN "/dit_tiny/io.safetensors")) {
+        skip();
+        return;
+    }
+    dit_case_t k;
+    char err[1024];
+    case_open(&k, "dit_tiny", 2);
+    const dit_config_t *c = dit_config(k.dit);
+    const size_t bytes = sizeof(float) * (size_t)(k.in.batch * k.in.img_len) *
+                         (size_t)(c->patch_size * c->patch_size * c->out_channels);
+    float *a = malloc(bytes), *b = malloc(bytes);
+    assert_int_equal(dit_forward(k.dit, &k.in, a, NULL, err, sizeof err), 0);
+    test_stop_t never = {.left = 1 << 30}, second = {.left = 1};
+    k.ctx.stop = test_stop_after;
+    k.ctx.stop_user = &never;
+    assert_int_equal(dit_forward(k.dit, &k.in, b, NULL, err, sizeof err), 0);
+    assert_memory_equal(a, b, bytes);
+    assert_int_equal(never.asked, k.in.batch * c->num_layers);
+    k.ctx.stop_user = &second;
+    assert_int_equal(dit_forward(k.dit, &k.in, b, NULL, err, sizeof err), -1);
+    assert_string_equal(err, "stopped");
+    assert_int_equal(second.asked, 2);
+    k.ctx.stop = NULL;
+    assert_int_equal(dit_forward(k.dit, &k.in, b, NULL, err, sizeof err), 0);
+    assert_memory_equal(a, b, bytes);
+    free(a);
+    free(b);
     case_close(&k);
 }
 
@@ -521,6 +557,7 @@ int main(void)
         cmocka_unit_test(test_dit_tiny),
         cmocka_unit_test(test_dit_cfg2),
         cmocka_unit_test(test_dit_batch_invariance),
+        cmocka_unit_test(test_dit_stop),
         cmocka_unit_test(test_dit_rejects_bad_input),
         cmocka_unit_test(test_dit_load_errors),
         cmocka_unit_test(test_scheduler),

@@ -20,6 +20,7 @@
 #include "nn/safetensors.h"
 #include "tests/common/files.h"
 #include "tests/common/golden.h"
+#include "tests/common/stop.h"
 
 #define GOLDEN "tests/golden"
 #define TOL 1e-4
@@ -184,6 +185,38 @@ static void test_same_bits(void **state)
     case_close(&k1);
 }
 
+/* The context's stop is asked before each layer: saying no changes no bit, saying yes ends the
+ * forward with "stopped", and the encoder works on afterwards. */
+static void test_stop(void **state)
+{
+    (void)state;
+    text_case_t k;
+    case_open(&k, "text_gqa", 2);
+    char err[512];
+    int64_t n;
+    int32_t *ids = sample_ids(&k, 0, &n);
+    const size_t bytes = (size_t)(n * k.dim) * sizeof(float);
+    float *a = malloc(bytes), *b = malloc(bytes);
+    assert_int_equal(qwen_text_encoder_forward(k.enc, ids, n, a, NULL, err, sizeof err), 0);
+    test_stop_t never = {.left = 1 << 30}, second = {.left = 1};
+    k.ctx.stop = test_stop_after;
+    k.ctx.stop_user = &never;
+    assert_int_equal(qwen_text_encoder_forward(k.enc, ids, n, b, NULL, err, sizeof err), 0);
+    assert_memory_equal(a, b, bytes);
+    assert_int_equal(never.asked, k.layers);
+    k.ctx.stop_user = &second;
+    assert_int_equal(qwen_text_encoder_forward(k.enc, ids, n, b, NULL, err, sizeof err), -1);
+    assert_string_equal(err, "stopped");
+    assert_int_equal(second.asked, 2);
+    k.ctx.stop = NULL;
+    assert_int_equal(qwen_text_encoder_forward(k.enc, ids, n, b, NULL, err, sizeof err), 0);
+    assert_memory_equal(a, b, bytes);
+    free(a);
+    free(b);
+    free(ids);
+    case_close(&k);
+}
+
 static void test_bad_ids(void **state)
 {
     (void)state;
@@ -300,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_text_tiny),
         cmocka_unit_test(test_text_gqa),
         cmocka_unit_test(test_same_bits),
+        cmocka_unit_test(test_stop),
         cmocka_unit_test(test_bad_ids),
         cmocka_unit_test_setup_teardown(test_loader_errors, make_tmp, remove_tmp),
     };

@@ -30,6 +30,7 @@
 #include "nn/safetensors.h"
 #include "tests/common/files.h"
 #include "tests/common/golden.h"
+#include "tests/common/stop.h"
 
 #define GOLDEN "tests/golden"
 #define TOL 1e-4
@@ -556,6 +557,54 @@ static void test_same_bits(void **state)
     case_close(&k2);
 }
 
+/* A context whose stop says yes ends decode, tiled decode and encode between blocks with
+ * "stopped"; asked nothing, or saying no, changes no bit. */
+static void test_stop(void **state)
+{
+    (void)state;
+    vae_case_t k;
+    case_open(&k, "vae_cfg2", 2, QWEN_VAE_BOTH);
+    char err[512];
+    float *z = golden(k.io, "z", NULL), *image = golden(k.io, "image", NULL);
+    const int64_t n = 3 * 48 * 80;
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), mean[16 * 60];
+    assert_int_equal(qwen_vae_decode(k.vae, z, 1, 6, 10, NULL, a, NULL, err, sizeof err), 0);
+
+    test_stop_t never = {.left = 1 << 30};
+    k.ctx.stop = test_stop_after;
+    k.ctx.stop_user = &never;
+    assert_int_equal(qwen_vae_decode(k.vae, z, 1, 6, 10, NULL, b, NULL, err, sizeof err), 0);
+    assert_memory_equal(a, b, n * sizeof *a);
+    assert_true(never.asked >= 4); /* asked between blocks, more than once */
+
+    test_stop_t later = {.left = 2};
+    k.ctx.stop_user = &later;
+    assert_int_equal(qwen_vae_decode(k.vae, z, 1, 6, 10, NULL, b, NULL, err, sizeof err), -1);
+    assert_string_equal(err, "stopped");
+    assert_int_equal(later.asked, 3); /* and not once more after saying yes */
+
+    qwen_vae_tiling_t tiles = {.max_pixels = 1, .tile_height = 32, .tile_width = 32,
+                               .stride_height = 24, .stride_width = 24};
+    test_stop_t second_tile = {.left = never.asked};
+    k.ctx.stop_user = &second_tile;
+    assert_int_equal(qwen_vae_decode(k.vae, z, 1, 6, 10, &tiles, b, NULL, err, sizeof err), -1);
+    assert_string_equal(err, "stopped");
+
+    test_stop_t now = {.left = 0};
+    k.ctx.stop_user = &now;
+    assert_int_equal(qwen_vae_encode(k.vae, image, 1, 48, 80, mean, NULL, err, sizeof err), -1);
+    assert_string_equal(err, "stopped");
+
+    k.ctx.stop = NULL; /* and the VAE works on after a stop */
+    assert_int_equal(qwen_vae_decode(k.vae, z, 1, 6, 10, NULL, b, NULL, err, sizeof err), 0);
+    assert_memory_equal(a, b, n * sizeof *a);
+    free(z);
+    free(image);
+    free(a);
+    free(b);
+    case_close(&k);
+}
+
 static void test_bad_calls(void **state)
 {
     (void)state;
@@ -709,6 +758,7 @@ int main(void)
         cmocka_unit_test(test_pipe),
         cmocka_unit_test(test_postprocess_rounding),
         cmocka_unit_test(test_same_bits),
+        cmocka_unit_test(test_stop),
         cmocka_unit_test(test_bad_calls),
         cmocka_unit_test_setup_teardown(test_loader_errors, make_tmp, remove_tmp),
     };

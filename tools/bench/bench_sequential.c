@@ -82,12 +82,18 @@ int main(int argc, char **argv)
     uint8_t *rgb8 = malloc(3 * (size_t)width * (size_t)height);
     CHECK(packed && denorm && image && rgb8, "out of memory");
 
+    /* time per phase, to set against the stages' busy time in the service */
+    double phase[4] = {0};
+    double *per_image_ms = malloc(sizeof(double) * (size_t)count);
+    CHECK(per_image_ms, "out of memory");
     double start = bench_now_s();
     for (int i = 0; i < count; i++) {
+        double t0 = bench_now_s();
         /* every job from its prompt, as a request is: the text encoder runs each time */
         qwen_prompt_embeds_t pe;
         CHECK(qwen_image_encode_prompts(tok, enc, &prompt, 1, 512, &pe, err, sizeof err) == 0,
               "%s", err);
+        double t1 = bench_now_s();
         CHECK(t2i_initial_latents(seed0 + (unsigned long long)i, width, height, packed) == 0,
               "out of memory");
         t2i_params_t p = {.width = width, .height = height, .steps = steps,
@@ -96,18 +102,31 @@ int main(int argc, char **argv)
         CHECK(t2i_denoise(dit, &sched, &p, packed, mean, std, denorm, err, sizeof err) == 0,
               "%s", err);
         qwen_prompt_embeds_free(&pe);
+        double t2 = bench_now_s();
         CHECK(qwen_vae_decode(vae, denorm, 1, h, w, &tiling, image, NULL, err, sizeof err) == 0,
               "%s", err);
         qwen_vae_postprocess(image, height, width, NULL, rgb8);
+        double t3 = bench_now_s();
         uint8_t *file;
         size_t len;
         CHECK(image_encode(IMAGE_PNG, rgb8, width, height, 100, &file, &len, err,
                            sizeof err) == 0, "%s", err);
         free(file);
+        double t4 = bench_now_s();
+        phase[0] += t1 - t0;
+        phase[1] += t2 - t1;
+        phase[2] += t3 - t2;
+        phase[3] += t4 - t3;
+        per_image_ms[i] = (t4 - t0) * 1e3;
     }
     double seconds = bench_now_s() - start;
     printf("seq_images %d\nseq_seconds %.3f\nseq_ms_per_image %.2f\n", count, seconds,
            seconds * 1e3 / count);
+    printf("seq_p50_ms %.2f\n", bench_median(per_image_ms, count));
+    free(per_image_ms);
+    static const char *const phase_name[4] = {"text", "denoise", "vae", "encode"};
+    for (int k = 0; k < 4; k++)
+        printf("seq_%s_ms %.3f\n", phase_name[k], phase[k] * 1e3 / count);
     free(packed);
     free(denorm);
     free(image);
