@@ -1,6 +1,7 @@
 /* stage: the skeleton every stage program runs (see stage.h).
- * One thread, one loop: poll the control channel, the job socket and the signal pipe; handle
- * what arrived; send heartbeats; retry sends that found every next replica full. */
+ * One thread, one loop: poll the control channel, the job sockets and the signal pipe (with
+ * zmq_poll, or in the stage's own event loop: ops->wait); handle what arrived; send
+ * heartbeats; retry sends that found every next replica full. */
 #include "ipc/stage.h"
 
 #include <errno.h>
@@ -1041,9 +1042,10 @@ static void stage_drain_signal_pipe(void)
 
 /* The stage's own loop waits (ops->wait) on the signal pipe and the sockets' ZMQ_FDs.
  * ZMQ_FD only says that a socket's state may have changed, and it is asking ZMQ_EVENTS that
- * re-arms it: so every socket is asked first, and the wait happens only when none has a
- * message (one that comes after the question makes its fd readable). The first n_sockets of
- * control, results_in, jobs_in are read. */
+ * re-arms it: so every socket is asked first, and the wait blocks only when none has a
+ * message (one that comes after the question makes its fd readable); otherwise the stage's
+ * loop still gets its turn, without blocking. The first n_sockets of control, results_in,
+ * jobs_in are read. */
 static void stage_wait_in_stage(stage_t *st, int n_sockets, int timeout_ms)
 {
     void *const sockets[3] = {st->control, st->results_in, st->jobs_in};
@@ -1053,13 +1055,13 @@ static void stage_wait_in_stage(stage_t *st, int n_sockets, int timeout_ms)
     for (int i = 0; i < n_sockets; i++) {
         int events = 0, fd = -1;
         size_t len = sizeof events;
-        if (zmq_getsockopt(sockets[i], ZMQ_EVENTS, &events, &len) != 0 ||
-            (events & ZMQ_POLLIN))
-            return; /* a message waits (or the socket is in trouble): handle it now */
+        if (zmq_getsockopt(sockets[i], ZMQ_EVENTS, &events, &len) != 0)
+            continue; /* a socket in trouble: the wait's timeout bounds the turn */
+        if (events & ZMQ_POLLIN)
+            timeout_ms = 0; /* a message waits: handle it right after this turn */
         len = sizeof fd;
-        if (zmq_getsockopt(sockets[i], ZMQ_FD, &fd, &len) != 0)
-            return;
-        fds[n_fds++] = fd;
+        if (zmq_getsockopt(sockets[i], ZMQ_FD, &fd, &len) == 0)
+            fds[n_fds++] = fd;
     }
     st->ops->wait(st, st->state, fds, n_fds, timeout_ms);
 }

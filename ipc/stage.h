@@ -64,8 +64,8 @@ typedef struct {
      * its own (the ingress: libevent's HTTP server), so that they are served the moment they
      * are ready rather than on a tick. Wait until one of fds is readable, one of the stage's
      * own sources has been handled, or timeout_ms (0: do not block) has passed. The fds are
-     * the skeleton's (its signal pipe, ZeroMQ's ZMQ_FD of each socket it reads now); it asks
-     * the sockets first and calls this only when none has a message waiting. NULL: the
+     * the skeleton's (its signal pipe, ZeroMQ's ZMQ_FD of each socket it reads now, at most
+     * 4); it asks the sockets first and passes 0 when one has a message waiting. NULL: the
      * skeleton's zmq_poll waits. */
     void (*wait)(stage_t *st, void *state, const int *fds, int n_fds, int timeout_ms);
     int tick_ms;               /* 0: 100 */

@@ -92,11 +92,9 @@ static void task_compute(model_stage_t *ms, gen_task_t *t)
     }
     if (rc == 0)
         return;
-    /* stopped part-way, or failed while its client was leaving: the answer says so */
-    if (atomic_load(&ms->abort))
-        gen_task_fail(t, 503, "%s: the stage is stopping", ms->spec.what);
-    else if (gen_task_cancelled(t))
-        gen_task_fail(t, 499, "%s: cancelled", ms->spec.what);
+    if (t->stopped) /* part-way, because it was asked to: the answer says why */
+        gen_task_fail(t, atomic_load(&ms->abort) ? 503 : 499, "%s: %s", ms->spec.what,
+                      atomic_load(&ms->abort) ? "the stage is stopping" : "cancelled");
     else if (t->code == 0)
         gen_task_fail(t, 500, "%s failed", ms->spec.what);
 }
@@ -133,9 +131,11 @@ static void *worker_main(void *arg)
 bool gen_task_cancelled(gen_task_t *task)
 {
     model_stage_t *ms = task->stage;
-    if (atomic_load(&ms->abort))
-        return true;
-    return ms->cancel && gen_cancel_check(ms->cancel, task->origin_slot, task->origin_gen, task->id);
+    if (atomic_load(&ms->abort) ||
+        (ms->cancel &&
+         gen_cancel_check(ms->cancel, task->origin_slot, task->origin_gen, task->id)))
+        task->stopped = true;
+    return task->stopped;
 }
 
 model_stage_t *model_stage_start(const model_stage_spec_t *spec, stage_t *st)
@@ -190,6 +190,21 @@ int gen_task_fail(gen_task_t *task, int code, const char *fmt, ...)
     vsnprintf(task->err, sizeof task->err, fmt, ap);
     va_end(ap);
     return -1;
+}
+
+int model_stage_check_section(const stage_t *st)
+{
+    const config_stage_t *sec = stage_section(st);
+    if (sec->device.cuda) {
+        log_error("device = cuda:%d: the %s stage's models run on the CPU only (no CUDA "
+                  "backend yet); set device = cpu", sec->device.index, stage_name(st));
+        return STAGE_EXIT_CONFIG;
+    }
+    if (sec->batch_size > 1 || sec->batch_wait_ms > 0)
+        log_warn("batch_size = %d, batch_wait_ms = %d change nothing: the %s stage computes "
+                 "one job at a time (on the CPU a batch would run image by image anyway)",
+                 sec->batch_size, sec->batch_wait_ms, stage_name(st));
+    return 0;
 }
 
 int model_stage_folder(const stage_t *st, const char *component, char *out, size_t outlen)

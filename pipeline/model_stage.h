@@ -46,6 +46,8 @@ typedef struct gen_task {
     const atomic_bool *abort;            /* set when the stage stops: a long compute checks it
                                             between steps and gives up (gen_task_fail 503) */
     uint64_t busy_us;                    /* the worker's time on it, for the heartbeats */
+    bool stopped;                        /* gen_task_cancelled said yes: a compute that fails
+                                            after it was stopped, not by its input */
     int code;                            /* compute's failure: 400 bad input, 500 otherwise */
     char err[PROTO_ERROR_MAX];
     struct gen_task *next;
@@ -92,6 +94,12 @@ bool gen_task_cancelled(gen_task_t *task);
 /* Sets the task's failure and returns -1. */
 int gen_task_fail(gen_task_t *task, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* What a model stage's section may ask, checked first in its init: 0, or STAGE_EXIT_CONFIG
+ * (logged) for device = cuda:N, which the models cannot run on yet. batch_size and
+ * batch_wait_ms are accepted with a warning that they change nothing: the stages compute one
+ * job at a time. */
+int model_stage_check_section(const stage_t *st);
 
 /* The model folder of the config ([model] path), or an error for the stage's init. */
 int model_stage_folder(const stage_t *st, const char *component, char *out, size_t outlen);

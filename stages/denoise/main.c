@@ -77,6 +77,9 @@ static int denoise_init(stage_t *st, int argc, char **argv, void **state)
 {
     (void)argc;
     (void)argv;
+    int bad = model_stage_check_section(st);
+    if (bad)
+        return bad;
     char path[1024], err[1024];
     denoise_stage_t *ds = calloc(1, sizeof *ds);
     if (!ds || nn_ctx_init_cpu(&ds->ctx, stage_section(st)->threads) != 0)

@@ -47,6 +47,9 @@ static int encode_init(stage_t *st, int argc, char **argv, void **state)
 {
     (void)argc;
     (void)argv;
+    int bad = model_stage_check_section(st);
+    if (bad)
+        return bad;
     encode_stage_t *es = calloc(1, sizeof *es);
     model_stage_spec_t spec = {.what = "encode", .min_inputs = 1, .max_inputs = 1,
                                .compute = encode_compute, .model = es};

@@ -86,10 +86,13 @@ static void ingress_wait_forget(ingress_t *in)
  * change only when the skeleton stops or starts reading new jobs). */
 static int ingress_wait_watch(ingress_t *in, const int *fds, int n_fds)
 {
+    const int cap = (int)(sizeof in->wait_fds / sizeof in->wait_fds[0]);
+    if (n_fds > cap)
+        return -1;
     if (n_fds == in->n_wait && !memcmp(fds, in->wait_fds, (size_t)n_fds * sizeof *fds))
         return 0;
     ingress_wait_forget(in);
-    for (int i = 0; i < n_fds && i < 4; i++) {
+    for (int i = 0; i < n_fds; i++) {
         struct event *ev = event_new(in->base, fds[i], EV_READ | EV_PERSIST, ingress_woken, NULL);
         if (!ev || event_add(ev, NULL) != 0) {
             if (ev)
@@ -106,8 +109,11 @@ static int ingress_wait_watch(ingress_t *in, const int *fds, int n_fds)
 static void ingress_wait(stage_t *st, void *state, const int *fds, int n_fds, int timeout_ms)
 {
     ingress_t *in = state;
-    if (in->send_blocked && stage_can_send(st))
+    if (in->send_blocked && stage_can_send(st)) {
         jobs_tick(in); /* the pipeline takes jobs again: send what waited */
+        /* without blocking: the skeleton has sends to retry or failures to hand back now */
+        timeout_ms = 0;
+    }
     if (!in->wait_timer)
         in->wait_timer = evtimer_new(in->base, ingress_woken, NULL);
     if (timeout_ms > 0 && in->wait_timer && ingress_wait_watch(in, fds, n_fds) == 0) {

@@ -58,6 +58,9 @@ static int text_init(stage_t *st, int argc, char **argv, void **state)
 {
     (void)argc;
     (void)argv;
+    int bad = model_stage_check_section(st);
+    if (bad)
+        return bad;
     char path[1024], err[1024];
     text_stage_t *ts = calloc(1, sizeof *ts);
     if (!ts || nn_ctx_init_cpu(&ts->ctx, stage_section(st)->threads) != 0)

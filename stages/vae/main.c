@@ -54,6 +54,9 @@ static int vae_init(stage_t *st, int argc, char **argv, void **state)
 {
     (void)argc;
     (void)argv;
+    int bad = model_stage_check_section(st);
+    if (bad)
+        return bad;
     char path[1024], err[1024];
     vae_stage_t *vs = calloc(1, sizeof *vs);
     if (!vs || nn_ctx_init_cpu(&vs->ctx, stage_section(st)->threads) != 0)

@@ -1,6 +1,7 @@
 """The HTTP API's routes, errors and limits against the real ingress (see conftest.py)."""
 import base64
 import json
+import os
 import re
 import socket
 import struct
@@ -408,3 +409,23 @@ def test_client_disconnect_cancels(api):
     samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
     assert samples[("diffusiond_queue_requests", ())] == 0
     assert samples[("diffusiond_jobs_total", (("event", "cancelled"),))] == 1
+
+
+def test_idle_ingress_sleeps(api):
+    """An idle ingress waits in libevent for its sockets and descriptors: it neither spins nor
+    wakes more than its tick needs (10 ms), heartbeats and /health requests aside."""
+    a = api()
+    pid = a.svc.slot("ingress")["pid"]
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    time.sleep(0.5)
+    t0, c0 = time.monotonic(), cpu_seconds()
+    time.sleep(3)
+    share = (cpu_seconds() - c0) / (time.monotonic() - t0)
+    print(f"idle ingress: {share:.1%} of a core")
+    assert share < 0.05, f"the idle ingress used {share:.1%} of a core"
+    assert a.request("GET", "/health")[0] == 200

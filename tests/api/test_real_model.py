@@ -261,12 +261,25 @@ def test_client_gone_stops_the_vae_between_blocks(real):
     s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
               b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     started = re.compile(r"vae: job (\d+) computing$", re.M)
-    wait_for(lambda: started.search(a.svc.log_text()), 60 * SLOW, "the VAE to start the job")
+    wait_for(lambda: started.search(a.svc.log_text()), 60, "the VAE to start the job")
     job = started.search(a.svc.log_text()).group(1)
     s.close()
     dropped = re.compile(rf"vae: job {job} dropped: vae: cancelled$", re.M)
-    wait_for(lambda: dropped.search(a.svc.log_text()), 30 * SLOW, "the VAE to drop the job")
+    wait_for(lambda: dropped.search(a.svc.log_text()), 30, "the VAE to drop the job")
     assert not re.search(rf"encode: job {job} computing", a.svc.log_text())
     assert a.generate(prompt="after", size="32x32", num_inference_steps=2, timeout=60)[0] == 200
     samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
     assert samples[("diffusiond_jobs_total", (("event", "cancelled"),))] == 1
+
+
+def test_batch_keys_change_nothing_and_say_so(api):
+    """batch_size and batch_wait_ms are reserved: a model stage given them warns that it still
+    computes one job at a time, and serves."""
+    stages = real_stages()
+    for name, _, extra in stages:
+        if name == "denoise":
+            extra.update(batch_size=4, batch_wait_ms=20)
+    a = api(stages=stages, model=MODEL)
+    assert "batch_size = 4, batch_wait_ms = 20 change nothing" in a.svc.log_text()
+    assert a.generate(prompt="one at a time", size="32x32", num_inference_steps=2,
+                      timeout=60)[0] == 200
