@@ -850,8 +850,11 @@ static void stage_handle_jobs(stage_t *st, void *sock, bool results)
 {
     /* Bounded per turn, in count and in time, so that control messages, heartbeats and the
      * tick are never starved by a queue of jobs. New work waits while sends wait for room
-     * downstream (the backpressure); results never wait. */
-    for (int i = 0; i < 64 && st->running && (results || !st->pending.head); i++) {
+     * downstream (the backpressure) and while the stage paused its intake, which a job
+     * callback of this very loop may have done; results never wait. */
+    for (int i = 0; i < 64 && st->running &&
+                    (results || (!st->pending.head && !st->intake_paused));
+         i++) {
         if (i > 0 && stage_now_ms() >= st->next_heartbeat_ms)
             return;
         bool more;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ipc/log.h"
+#include "ipc/pool.h"
 #include "nn/ops.h"
 #include "pipeline/cancel.h"
 
@@ -59,7 +60,7 @@ struct model_stage {
     task_queue_t todo;        /* lock: for the worker */
     task_queue_t done;        /* lock: computed (or failed), for the loop */
     bool quit;                /* lock */
-    atomic_bool abort;        /* read by computes between their steps */
+    atomic_bool abort;        /* the stage is stopping: every task counts as cancelled */
     gen_cancel_t *cancel;     /* worker thread only: the origins' cancel tables */
     stage_t *st;              /* for stage_wake, the one skeleton call the worker makes */
     task_queue_t waiting;     /* loop thread only: computed, waiting for room in the pool */
@@ -166,6 +167,8 @@ void *gen_output_alloc(gen_task_t *task, int dtype, int ndim, const int64_t *sha
     if (task->n_out >= GEN_TASK_MAX_OUT || ndim < 1 || ndim > PROTO_MAX_DIMS)
         return NULL;
     size_t n = proto_dtype_size(dtype);
+    if (n == 0) /* not a dtype the pools carry */
+        return NULL;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0 || (shape[i] > 0 && n > SIZE_MAX / (size_t)shape[i]))
             return NULL;
@@ -215,7 +218,10 @@ int model_stage_folder(const stage_t *st, const char *component, char *out, size
         return -1;
     }
     int n = snprintf(out, outlen, "%s/%s", root, component);
-    return n > 0 && (size_t)n < outlen ? 0 : -1;
+    if (n > 0 && (size_t)n < outlen)
+        return 0;
+    log_error("[model] path %s/%s is too long", root, component);
+    return -1;
 }
 
 /* One job computing and one queued behind it are enough to keep the worker busy: more would
@@ -256,7 +262,6 @@ stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *
     t->origin_slot = job->msg.origin_slot;
     t->origin_gen = job->msg.origin_gen;
     t->stage = ms;
-    t->abort = &ms->abort;
     t->n_in = job->msg.n_tensors;
     for (uint32_t i = 0; i < t->n_in; i++) {
         t->in_ref[i] = job->msg.tensors[i];
@@ -267,8 +272,26 @@ stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *
     pthread_cond_signal(&ms->wake);
     pthread_mutex_unlock(&ms->lock);
     ms->held++;
+    log_debug("%s: job %llu taken, %u held", ms->spec.what, (unsigned long long)t->id,
+              (unsigned)ms->held);
     model_stage_throttle(ms, st);
     return STAGE_JOB_KEPT;
+}
+
+/* The pool bytes the task's outputs take together: each block is whole pages, and a
+ * zero-sized tensor still takes one (stage_tensor_alloc). Outputs come from gen_output_alloc,
+ * which checked that their sizes do not overflow. */
+static uint64_t task_pool_bytes(const gen_task_t *t)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < t->n_out; i++) {
+        uint64_t bytes = proto_dtype_size(t->out[i].dtype);
+        for (int d = 0; d < t->out[i].ndim; d++)
+            bytes *= (uint64_t)t->out[i].shape[d];
+        uint64_t pages = bytes == 0 ? 1 : (bytes + POOL_DEFAULT_PAGE - 1) / POOL_DEFAULT_PAGE;
+        total += pages * POOL_DEFAULT_PAGE;
+    }
+    return total;
 }
 
 /* The task's outputs into the stage's pool, replacing its inputs. 0 sent on; 1 no room yet. */
@@ -315,18 +338,13 @@ void model_stage_tick(model_stage_t *ms, stage_t *st)
     }
     pthread_mutex_unlock(&ms->lock);
     while ((t = queue_pop(&ms->waiting))) {
-        /* an output larger than the whole pool would wait for room forever, and every job
-         * behind it with it: fail it instead */
-        for (uint32_t i = 0; t->code == 0 && i < t->n_out; i++) {
-            uint64_t bytes = proto_dtype_size(t->out[i].dtype);
-            for (int d = 0; d < t->out[i].ndim; d++)
-                bytes *= (uint64_t)t->out[i].shape[d];
-            if (bytes > stage_pool_capacity(st))
-                gen_task_fail(t, 500, "%s: an output of %llu bytes does not fit the stage's "
-                              "pool (pool_size %llu bytes)", ms->spec.what,
-                              (unsigned long long)bytes,
-                              (unsigned long long)stage_pool_capacity(st));
-        }
+        /* outputs that together exceed the whole pool would wait for room forever, and every
+         * job behind them with them: fail the task instead */
+        uint64_t need = task_pool_bytes(t);
+        if (t->code == 0 && need > stage_pool_capacity(st))
+            gen_task_fail(t, 500, "%s: outputs of %llu bytes do not fit the stage's pool "
+                          "(pool_size %llu bytes)", ms->spec.what, (unsigned long long)need,
+                          (unsigned long long)stage_pool_capacity(st));
         if (t->code == 499) /* its client left: not the stage's failure */
             log_info("%s: job %llu dropped: %s", ms->spec.what, (unsigned long long)t->id,
                      t->err);

@@ -43,8 +43,6 @@ typedef struct gen_task {
     const void *in[PROTO_MAX_TENSORS];   /* the inputs, in the pools, held by this job */
     uint32_t n_out;
     gen_output_t out[GEN_TASK_MAX_OUT];
-    const atomic_bool *abort;            /* set when the stage stops: a long compute checks it
-                                            between steps and gives up (gen_task_fail 503) */
     uint64_t busy_us;                    /* the worker's time on it, for the heartbeats */
     bool stopped;                        /* gen_task_cancelled said yes: a compute that fails
                                             after it was stopped, not by its input */
@@ -74,8 +72,9 @@ typedef struct model_stage model_stage_t;
 /* Starts the worker thread; st gives the instance whose cancel tables the worker reads. NULL
  * when it cannot (out of memory, no thread). */
 model_stage_t *model_stage_start(const model_stage_spec_t *spec, stage_t *st);
-/* Stops the worker (after the task it is running), fails every job still held with 503, and
- * frees everything. */
+/* Stops the worker: the task it is running stops at its next block or step. Tasks already
+ * computed go on if the pool has room for them now; the rest, and those not started, are
+ * failed 503 (their origin sends them again elsewhere). Then frees everything. */
 void model_stage_stop(model_stage_t *ms, stage_t *st);
 
 /* The skeleton callbacks' bodies (each stage's own callbacks call these). */

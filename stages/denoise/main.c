@@ -68,7 +68,8 @@ static int denoise_compute(void *model, gen_task_t *t)
     free(packed);
     if (rc == -2) /* the request's step count cannot be scheduled: the client's error */
         return gen_task_fail(t, 400, "denoise: %s", err);
-    if (rc != 0) /* stopped (a client gone, the stage stopping): the worker says which */
+    if (rc != 0) /* when it was stopped (a client gone, the stage stopping), the worker
+                  * answers 499 or 503 instead */
         return gen_task_fail(t, 500, "denoise: %s", err);
     return 0;
 }
@@ -80,7 +81,7 @@ static int denoise_init(stage_t *st, int argc, char **argv, void **state)
     int bad = model_stage_check_section(st);
     if (bad)
         return bad;
-    char path[1024], err[1024];
+    char path[1024], err[1024] = "";
     denoise_stage_t *ds = calloc(1, sizeof *ds);
     if (!ds || nn_ctx_init_cpu(&ds->ctx, stage_section(st)->threads) != 0)
         return STAGE_EXIT_ERROR;
@@ -97,8 +98,9 @@ static int denoise_init(stage_t *st, int argc, char **argv, void **state)
                   "%d, out_channels %d)", path, c->patch_size, c->in_channels, c->out_channels);
         return STAGE_EXIT_CONFIG;
     }
-    if (model_stage_folder(st, "scheduler/scheduler_config.json", path, sizeof path) != 0 ||
-        sched_config_load(&ds->sched, path, err, sizeof err) != 0) {
+    if (model_stage_folder(st, "scheduler/scheduler_config.json", path, sizeof path) != 0)
+        return STAGE_EXIT_CONFIG;
+    if (sched_config_load(&ds->sched, path, err, sizeof err) != 0) {
         log_error("%s", err);
         return STAGE_EXIT_CONFIG;
     }

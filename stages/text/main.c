@@ -27,9 +27,12 @@ static int attach_prompt(text_stage_t *ts, gen_task_t *t, const char *prompt)
 {
     char err[512];
     qwen_prompt_embeds_t pe;
+    /* The prompt is valid UTF-8 (the ingress's JSON parser saw to that) and is cut, not
+     * refused, at the model's length: a failure here is the server's (no memory), or a stop
+     * (the worker then answers 499 or 503). */
     if (qwen_image_encode_prompts(ts->tok, ts->enc, &prompt, 1, t->params.max_sequence_length,
                                   &pe, err, sizeof err) != 0)
-        return gen_task_fail(t, 400, "%s", err);
+        return gen_task_fail(t, 500, "text: %s", err);
     int64_t shape[3] = {1, pe.len, pe.dim};
     float *e = gen_output_alloc(t, PROTO_DTYPE_F32, 3, shape);
     float *m = e ? gen_output_alloc(t, PROTO_DTYPE_F32, 2, shape) : NULL;

@@ -28,8 +28,8 @@ static int vae_compute(void *model, gen_task_t *t)
     const gen_params_t *gp = &t->params;
     const int f = c->spatial_factor;
     if (r->dtype != PROTO_DTYPE_F32 || r->ndim != 5 || r->shape[0] != 1 ||
-        r->shape[1] != c->z_dim || r->shape[2] != 1 || r->shape[3] * f != gp->height ||
-        r->shape[4] * f != gp->width)
+        r->shape[1] != c->z_dim || r->shape[2] != 1 || r->shape[3] != gp->height / f ||
+        r->shape[4] != gp->width / f || gp->height % f || gp->width % f)
         return gen_task_fail(t, 500, "vae: latents of the wrong shape for %dx%d", gp->width,
                              gp->height);
     float *image = malloc(sizeof(float) * 3 * (size_t)gp->width * (size_t)gp->height);

@@ -283,3 +283,31 @@ def test_batch_keys_change_nothing_and_say_so(api):
     assert "batch_size = 4, batch_wait_ms = 20 change nothing" in a.svc.log_text()
     assert a.generate(prompt="one at a time", size="32x32", num_inference_steps=2,
                       timeout=60)[0] == 200
+
+
+def test_a_stage_holds_two_jobs_at_most(real):
+    """A model stage takes a job while it computes one and holds one more at most: the rest
+    wait in ZeroMQ, where the other replicas and the senders' backpressure can see them."""
+    a = real(log_level="debug")
+    status, _, body = a.generate(prompt="eight", size="64x64", num_inference_steps=4, n=8,
+                                 timeout=120)
+    assert status == 200 and len(body["data"]) == 8
+    held = [int(m) for m in re.findall(r"job \d+ taken, (\d+) held$", a.svc.log_text(), re.M)]
+    assert len(held) == 4 * 8  # every image through each of the four model stages
+    assert max(held) <= 2, held
+
+
+def test_outputs_that_cannot_fit_the_pool_fail_at_once(api):
+    """A stage whose pool cannot take a job's outputs together fails the job (500, saying
+    so) instead of waiting for room that never comes, and keeps serving."""
+    stages = real_stages()
+    for name, _, extra in stages:
+        if name == "text":
+            extra["pool_size"] = "64K"  # embeddings and mask take a page each
+    a = api(stages=stages, model=MODEL)
+    for _ in range(2):
+        status, _, body = a.generate(prompt="too big", size="32x32", num_inference_steps=2,
+                                     timeout=30)
+        assert status == 500, body
+        assert "do not fit the stage's pool" in body["error"]["message"]
+    wait_for(lambda: a.svc.slot("text").get("inflight") == 0, 10, "the text stage to hold none")
