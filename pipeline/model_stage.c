@@ -195,6 +195,28 @@ int gen_task_fail(gen_task_t *task, int code, const char *fmt, ...)
     return -1;
 }
 
+/* The pool bytes a tensor takes: whole pages, and one for an empty tensor, which still has a
+ * block (stage_tensor_alloc). */
+static uint64_t pool_block_bytes(uint64_t bytes)
+{
+    uint64_t pages = bytes == 0 ? 1 : (bytes + POOL_DEFAULT_PAGE - 1) / POOL_DEFAULT_PAGE;
+    return pages * POOL_DEFAULT_PAGE;
+}
+
+/* The pool bytes the task's outputs take together. Outputs come from gen_output_alloc, which
+ * checked that their sizes do not overflow. */
+static uint64_t task_pool_bytes(const gen_task_t *t)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < t->n_out; i++) {
+        uint64_t bytes = proto_dtype_size(t->out[i].dtype);
+        for (int d = 0; d < t->out[i].ndim; d++)
+            bytes *= (uint64_t)t->out[i].shape[d];
+        total += pool_block_bytes(bytes);
+    }
+    return total;
+}
+
 int model_stage_check_section(const stage_t *st)
 {
     const config_stage_t *sec = stage_section(st);
@@ -208,6 +230,21 @@ int model_stage_check_section(const stage_t *st)
                  "one job at a time (on the CPU a batch would run image by image anyway)",
                  sec->batch_size, sec->batch_wait_ms, stage_name(st));
     return 0;
+}
+
+int model_stage_check_pool(const stage_t *st, const uint64_t *bytes, int n)
+{
+    uint64_t need = 0;
+    for (int i = 0; i < n; i++)
+        need += pool_block_bytes(bytes[i]);
+    if (need <= stage_pool_capacity(st))
+        return 0;
+    log_error("pool_size = %llu bytes cannot take the outputs of the largest job the request "
+              "limits allow (%llu bytes with http_pixels_max = %lld): raise the %s stage's "
+              "pool_size", (unsigned long long)stage_pool_capacity(st),
+              (unsigned long long)need, (long long)stage_config(st)->server.http_pixels_max,
+              stage_name(st));
+    return STAGE_EXIT_CONFIG;
 }
 
 int model_stage_folder(const stage_t *st, const char *component, char *out, size_t outlen)
@@ -276,22 +313,6 @@ stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *
               (unsigned)ms->held);
     model_stage_throttle(ms, st);
     return STAGE_JOB_KEPT;
-}
-
-/* The pool bytes the task's outputs take together: each block is whole pages, and a
- * zero-sized tensor still takes one (stage_tensor_alloc). Outputs come from gen_output_alloc,
- * which checked that their sizes do not overflow. */
-static uint64_t task_pool_bytes(const gen_task_t *t)
-{
-    uint64_t total = 0;
-    for (uint32_t i = 0; i < t->n_out; i++) {
-        uint64_t bytes = proto_dtype_size(t->out[i].dtype);
-        for (int d = 0; d < t->out[i].ndim; d++)
-            bytes *= (uint64_t)t->out[i].shape[d];
-        uint64_t pages = bytes == 0 ? 1 : (bytes + POOL_DEFAULT_PAGE - 1) / POOL_DEFAULT_PAGE;
-        total += pages * POOL_DEFAULT_PAGE;
-    }
-    return total;
 }
 
 /* The task's outputs into the stage's pool, replacing its inputs. 0 sent on; 1 no room yet. */

@@ -100,6 +100,12 @@ int gen_task_fail(gen_task_t *task, int code, const char *fmt, ...)
  * job at a time. */
 int model_stage_check_section(const stage_t *st);
 
+/* Whether the stage's pool can take the outputs of the largest job the request limits allow
+ * ([server] http_pixels_max, the longest prompts): bytes[0..n) are those outputs' sizes, each
+ * taking whole pages. 0, or STAGE_EXIT_CONFIG (logged, naming pool_size) when they cannot
+ * fit: such a job would compute and then fail. */
+int model_stage_check_pool(const stage_t *st, const uint64_t *bytes, int n);
+
 /* The model folder of the config ([model] path), or an error for the stage's init. */
 int model_stage_folder(const stage_t *st, const char *component, char *out, size_t outlen);
 

@@ -108,6 +108,11 @@ static int denoise_init(stage_t *st, int argc, char **argv, void **state)
         log_error("%s", err[0] ? err : "the model folder has no vae/config.json");
         return STAGE_EXIT_CONFIG;
     }
+    /* the largest job's latents: 16 f32 channels at an eighth of each side, as many bytes
+     * as the image has pixels */
+    const uint64_t latents = (uint64_t)stage_config(st)->server.http_pixels_max;
+    if ((bad = model_stage_check_pool(st, &latents, 1)) != 0)
+        return bad;
     model_stage_spec_t spec = {.what = "denoise", .min_inputs = 2, .max_inputs = 4,
                                .compute = denoise_compute, .model = ds,
                                .ctx = &ds->ctx};

@@ -80,6 +80,12 @@ static int text_init(stage_t *st, int argc, char **argv, void **state)
         log_error("%s", err);
         return STAGE_EXIT_CONFIG;
     }
+    /* the largest job: a prompt and a negative prompt, each at the longest token count */
+    const uint64_t L = QWEN_IMAGE_MAX_SEQUENCE_LENGTH;
+    const uint64_t D = (uint64_t)qwen_text_encoder_config(ts->enc)->hidden_size;
+    const uint64_t outputs[4] = {L * D * 4, L * 4, L * D * 4, L * 4};
+    if ((bad = model_stage_check_pool(st, outputs, 4)) != 0)
+        return bad;
     model_stage_spec_t spec = {.what = "text", .min_inputs = 0, .max_inputs = 0,
                                .compute = text_compute, .model = ts,
                                .ctx = &ts->ctx};

@@ -74,6 +74,10 @@ static int vae_init(stage_t *st, int argc, char **argv, void **state)
                   path, c->z_dim, c->spatial_factor, SAMPLER_LATENT_CHANNELS, SAMPLER_VAE_SCALE);
         return STAGE_EXIT_CONFIG;
     }
+    /* the largest job's image: 8-bit RGB */
+    const uint64_t rgb8 = 3 * (uint64_t)stage_config(st)->server.http_pixels_max;
+    if ((bad = model_stage_check_pool(st, &rgb8, 1)) != 0)
+        return bad;
     qwen_vae_tiling_default(&vs->tiling);
     model_stage_spec_t spec = {.what = "vae", .min_inputs = 1, .max_inputs = 1,
                                .compute = vae_compute, .model = vs,

@@ -297,17 +297,17 @@ def test_a_stage_holds_two_jobs_at_most(real):
     assert max(held) <= 2, held
 
 
-def test_outputs_that_cannot_fit_the_pool_fail_at_once(api):
-    """A stage whose pool cannot take a job's outputs together fails the job (500, saying
-    so) instead of waiting for room that never comes, and keeps serving."""
+def test_a_pool_too_small_for_the_limits_is_a_config_error(api):
+    """A model stage whose pool cannot take the outputs of the largest job the request limits
+    allow refuses to start, naming pool_size (rather than computing such a job and failing
+    it): the service stays up and says it is not ready."""
     stages = real_stages()
     for name, _, extra in stages:
-        if name == "text":
-            extra["pool_size"] = "64K"  # embeddings and mask take a page each
-    a = api(stages=stages, model=MODEL)
-    for _ in range(2):
-        status, _, body = a.generate(prompt="too big", size="32x32", num_inference_steps=2,
-                                     timeout=30)
-        assert status == 500, body
-        assert "do not fit the stage's pool" in body["error"]["message"]
-    wait_for(lambda: a.svc.slot("text").get("inflight") == 0, 10, "the text stage to hold none")
+        if name == "vae":
+            extra["pool_size"] = "8M"  # a 2048x2048 image is 12 MiB of 8-bit RGB
+    a = api(stages=stages, model=MODEL, wait_ready=False)
+    wait_for(lambda: "raise the vae stage's pool_size" in a.svc.log_text(), 30,
+             "the vae stage to refuse its pool")
+    status, _, body = a.json("GET", "/ready")
+    assert status == 503, body
+    assert a.request("GET", "/health")[0] == 200
