@@ -302,7 +302,8 @@ static void jobs_add_holders(ingress_t *in, ingress_image_t *img)
     }
 }
 
-/* Makes and sends image i's job. 0, or -1 when it cannot be made (out of memory). */
+/* Makes and sends image i's job. 0, or the status to answer when it cannot be made: 503 out
+ * of memory, 500 params over PROTO_MAX_PARAMS (gen_request_parse refuses those: a bug). */
 static int jobs_send(ingress_t *in, ingress_request_t *r, int i)
 {
     const char *route[INGRESS_N_STEPS + 1];
@@ -313,15 +314,20 @@ static int jobs_send(ingress_t *in, ingress_request_t *r, int i)
     p.seed = r->req.params.seed + (uint64_t)i; /* wraps around 2^64, as documented */
     char *params = NULL, err[256];
     size_t len = 0;
-    if (gen_params_encode(&p, &params, &len, err, sizeof err) != 0 || len > PROTO_MAX_PARAMS) {
+    if (gen_params_encode(&p, &params, &len, err, sizeof err) != 0) {
         log_error("request %" PRIu64 ": cannot encode its job: %s", r->serial, err);
+        return 503;
+    }
+    if (len > PROTO_MAX_PARAMS) {
+        log_error("request %" PRIu64 ": its job's params are %zu bytes, over %d", r->serial, len,
+                  PROTO_MAX_PARAMS);
         free(params);
-        return -1;
+        return 500;
     }
     stage_job_t *job = stage_job_new(in->st, jobs_id(r, i), route, INGRESS_N_STEPS + 1);
     if (!job) {
         free(params);
-        return -1;
+        return 503;
     }
     ingress_image_t *img = &r->images[i];
     job->msg.attempt = img->attempt;
@@ -456,9 +462,15 @@ void jobs_tick(ingress_t *in)
                 in->send_blocked = true;
                 break;
             }
-            if (jobs_send(in, r, i) != 0) {
+            int failed = jobs_send(in, r, i);
+            if (failed == 503) {
                 jobs_answer_error(in, r, 503, "server_error", "out_of_memory",
                                   "cannot make the job (out of memory)");
+                break;
+            }
+            if (failed) {
+                jobs_answer_error(in, r, 500, "server_error", "internal_error",
+                                  "the job's parameters are too large to send");
                 break;
             }
         }

@@ -429,3 +429,23 @@ def test_idle_ingress_sleeps(api):
     print(f"idle ingress: {share:.1%} of a core")
     assert share < 0.05, f"the idle ingress used {share:.1%} of a core"
     assert a.request("GET", "/health")[0] == 200
+
+
+def test_control_characters_over_the_params_limit(api):
+    """A control character passes the byte limit as one byte but travels as six (\\u0001) in
+    the job's JSON params: a prompt and a negative prompt of 8192 of them each would be params
+    over 64 KiB, which no stage can be sent. That is the client's 400, found up front (not a
+    503 with Retry-After that a client would retry forever); plain prompts of the same length
+    still pass."""
+    a = api()
+    status, hdrs, body = a.generate(prompt="\x01" * 8192, negative_prompt="\x01" * 8192)
+    assert status == 400, body
+    err = body["error"]
+    assert err["code"] == "invalid_value" and err["param"] == "negative_prompt"
+    assert "Retry-After" not in hdrs and "65536" in err["message"]
+    status, _, body = a.generate(prompt="\x01" * 8192)
+    assert status == 200, body  # 49 KB of params alone: within the limit
+    status, _, body = a.generate(prompt="x" * 8192, negative_prompt="y" * 8192)
+    assert status == 200, body
+    assert a.alive()
+
