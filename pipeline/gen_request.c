@@ -333,6 +333,17 @@ static int req_params_fit(const gen_params_t *p, gen_request_error_t *err)
                     "%d", len, PROTO_MAX_PARAMS);
 }
 
+/* The default size: 1024x1024, or the largest square of sides a multiple of 16 within
+ * pixels_max when that is smaller (as the default steps within steps_max), so that a request
+ * without "size" is never refused for it. */
+static int req_default_side(int64_t pixels_max)
+{
+    int side = GEN_REQUEST_DEFAULT_SIDE;
+    while (side > GEN_SIDE_MIN && (int64_t)side * side > pixels_max)
+        side -= 16;
+    return side;
+}
+
 int gen_request_parse(const char *body, size_t len, const gen_request_limits_t *lim,
                       gen_request_t *req, gen_request_error_t *err)
 {
@@ -340,7 +351,7 @@ int gen_request_parse(const char *body, size_t len, const gen_request_limits_t *
     memset(err, 0, sizeof *err);
     gen_params_t *p = &req->params;
     req->n = 1;
-    p->width = p->height = GEN_REQUEST_DEFAULT_SIDE;
+    p->width = p->height = req_default_side(lim->pixels_max);
     p->steps = GEN_REQUEST_DEFAULT_STEPS < lim->steps_max ? GEN_REQUEST_DEFAULT_STEPS
                                                           : lim->steps_max;
     p->true_cfg_scale = GEN_REQUEST_DEFAULT_CFG;

@@ -449,3 +449,14 @@ def test_control_characters_over_the_params_limit(api):
     assert status == 200, body
     assert a.alive()
 
+
+def test_default_size_within_pixels_max(api):
+    """Below 1024x1024 pixels, a request without a size (or with "auto") gets the largest square
+    that fits http_pixels_max, as the default steps fit http_steps_max: not a 400."""
+    a = api(http_pixels_max=70000, http_steps_max=3)
+    for extra in ({}, {"size": "auto"}):
+        status, _, body = a.json("POST", "/v1/images/generations", dict(prompt="a cat", **extra))
+        assert status == 200, body
+        assert body["size"] == "256x256"
+        assert image_size(base64.b64decode(body["data"][0]["b64_json"])) == ("png", 256, 256)
+    assert a.generate(size="512x512")[0] == 400

@@ -1,6 +1,6 @@
 /* test_gen_request: request validation's limits that the API tests reach only with a special
- * config: job params that must fit one message (PROTO_MAX_PARAMS) whatever the prompts' bytes
- * are. */
+ * config: the default size within http_pixels_max, and job params that must fit one message
+ * (PROTO_MAX_PARAMS) whatever the prompts' bytes are. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,6 +48,40 @@ static int parse(const char *body, const gen_request_limits_t *lim, gen_request_
                  gen_request_error_t *err)
 {
     return gen_request_parse(body, strlen(body), lim, req, err);
+}
+
+static void test_default_size_fits_pixels_max(void **state)
+{
+    (void)state;
+    static const struct {
+        int64_t pixels_max;
+        int side;
+    } cases[] = {
+        {4194304, 1024}, {1048576, 1024}, {1048575, 1008}, {500000, 704}, {65536, 256},
+        {300, 16}, {256, 16},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        gen_request_limits_t lim = limits;
+        lim.pixels_max = cases[i].pixels_max;
+        static const char *const bodies[] = {"{\"prompt\":\"a\"}",
+                                             "{\"prompt\":\"a\",\"size\":\"auto\"}"};
+        for (size_t k = 0; k < 2; k++) {
+            gen_request_t req;
+            gen_request_error_t err;
+            if (parse(bodies[k], &lim, &req, &err) != 0)
+                fail_msg("pixels_max %lld: %s", (long long)lim.pixels_max, err.message);
+            assert_int_equal(req.params.width, cases[i].side);
+            assert_int_equal(req.params.height, cases[i].side);
+            gen_request_free(&req);
+        }
+    }
+    /* a size given is still checked against the limit, not clamped */
+    gen_request_limits_t lim = limits;
+    lim.pixels_max = 500000;
+    gen_request_t req;
+    gen_request_error_t err;
+    assert_int_equal(parse("{\"prompt\":\"a\",\"size\":\"1024x1024\"}", &lim, &req, &err), -1);
+    assert_string_equal(err.param, "size");
 }
 
 static void test_params_must_fit_a_message(void **state)
@@ -110,6 +144,7 @@ static void test_passed_requests_encode_within_the_limit(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_size_fits_pixels_max),
         cmocka_unit_test(test_params_must_fit_a_message),
         cmocka_unit_test(test_passed_requests_encode_within_the_limit),
     };
