@@ -41,12 +41,24 @@ static void http_reply_written(struct evhttp_request *hreq, void *arg)
         in->replies_writing--;
 }
 
-/* Counts the reply as being written until libevent has sent its last byte: a stop must not
- * free the server under a half-sent answer. */
-static void http_track_reply(ingress_t *in, struct evhttp_request *hreq)
+/* Sends the reply, counted as being written until libevent has sent its last byte: a stop
+ * must not free the server under a half-sent answer. body may be NULL. A HEAD request gets
+ * the headers a GET would (Content-Length too) and no body: libevent 2.1 leaves out
+ * Content-Length for HEAD but still writes the body, which a client would then read as the
+ * start of the next answer on a kept-alive connection. */
+static void http_reply(ingress_t *in, struct evhttp_request *hreq, int status,
+                       struct evbuffer *body)
 {
+    const char *reason = status == 200 ? "OK" : NULL; /* NULL: libevent's phrase for status */
+    if (evhttp_request_get_command(hreq) == EVHTTP_REQ_HEAD) {
+        char len[24];
+        snprintf(len, sizeof len, "%zu", body ? evbuffer_get_length(body) : 0);
+        evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Length", len);
+        body = NULL;
+    }
     evhttp_request_set_on_complete_cb(hreq, http_reply_written, in);
     in->replies_writing++;
+    evhttp_send_reply(hreq, status, reason, body); /* moves the data */
 }
 
 void http_send_json_buffer(ingress_t *in, struct evhttp_request *hreq, int route, int status,
@@ -54,8 +66,7 @@ void http_send_json_buffer(ingress_t *in, struct evhttp_request *hreq, int route
 {
     evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type",
                       "application/json");
-    http_track_reply(in, hreq);
-    evhttp_send_reply(hreq, status, status == 200 ? "OK" : NULL, body); /* moves the data */
+    http_reply(in, hreq, status, body);
     evbuffer_free(body);
     metrics_count(in, route, status);
 }
@@ -64,13 +75,11 @@ void http_send_json(ingress_t *in, struct evhttp_request *hreq, int route, int s
                     char *text)
 {
     struct evbuffer *body = evbuffer_new();
-    struct evkeyvalq *h = evhttp_request_get_output_headers(hreq);
-    evhttp_add_header(h, "Content-Type", "application/json");
+    evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type",
+                      "application/json");
     if (body && text)
         evbuffer_add(body, text, strlen(text));
-    const char *reason = status == 200 ? "OK" : NULL; /* NULL: libevent's phrase for status */
-    http_track_reply(in, hreq);
-    evhttp_send_reply(hreq, status, reason, body);
+    http_reply(in, hreq, status, body);
     if (body)
         evbuffer_free(body);
     free(text);
@@ -106,8 +115,7 @@ static void http_send_text(ingress_t *in, struct evhttp_request *hreq, int route
     evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type", type);
     if (body)
         evbuffer_add(body, text, strlen(text));
-    http_track_reply(in, hreq);
-    evhttp_send_reply(hreq, 200, "OK", body);
+    http_reply(in, hreq, 200, body);
     if (body)
         evbuffer_free(body);
     metrics_count(in, route, 200);

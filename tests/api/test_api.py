@@ -450,6 +450,53 @@ def test_control_characters_over_the_params_limit(api):
     assert a.alive()
 
 
+def read_response(s, head_request=False):
+    """One HTTP/1.1 response from socket s: (status, headers, body), the body as long as its
+    Content-Length says (none for a HEAD request's answer), reading no further."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(1)
+        assert chunk, f"the connection closed mid-headers: {buf!r}"
+        buf += chunk
+    lines = buf.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {k.strip().lower(): v.strip() for k, v in
+               (l.split(":", 1) for l in lines[1:] if l)}
+    n = 0 if head_request else int(headers.get("content-length", 0))
+    body = b""
+    while len(body) < n:
+        chunk = s.recv(n - len(body))
+        assert chunk, "the connection closed mid-body"
+        body += chunk
+    return status, headers, body
+
+
+def test_head_then_get_on_one_connection(api_shared):
+    """A HEAD answer has the GET answer's headers (its Content-Length included) and no body:
+    body bytes after it would be read as the start of the next answer on a kept-alive
+    connection."""
+    a = api_shared
+    with socket.create_connection(("127.0.0.1", a.port), timeout=10 * SLOW) as s:
+        for path in ("/health", "/openapi.json", "/nope", "/v1/images/generations"):
+            s.sendall(b"HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            hstatus, hhead, hbody = read_response(s, head_request=True)
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            gstatus, ghead, gbody = read_response(s)
+            assert hstatus == gstatus or (hstatus, gstatus) == (405, 405), path
+            assert hbody == b""
+            if hstatus == 200:
+                assert int(hhead["content-length"]) == len(gbody) > 0
+            assert ghead["content-type"].startswith("application/json")
+        # nothing left over on the connection: the last GET's answer ended where it said
+        s.settimeout(0.3)
+        try:
+            extra = s.recv(100)
+        except socket.timeout:
+            extra = b""
+        assert extra == b""
+    assert a.alive()
+
+
 def test_default_size_within_pixels_max(api):
     """Below 1024x1024 pixels, a request without a size (or with "auto") gets the largest square
     that fits http_pixels_max, as the default steps fit http_steps_max: not a 400."""
@@ -460,3 +507,4 @@ def test_default_size_within_pixels_max(api):
         assert body["size"] == "256x256"
         assert image_size(base64.b64decode(body["data"][0]["b64_json"])) == ("png", 256, 256)
     assert a.generate(size="512x512")[0] == 400
+
