@@ -32,20 +32,33 @@ static json_t *http_json_text(const char *s)
     return json_string(buf);
 }
 
-/* libevent calls this once a reply is written out whole. */
+/* libevent calls this once a reply is written out whole. The close callback goes too: the
+ * connection may be freed right after (Connection: close), and must not count it again. */
 static void http_reply_written(struct evhttp_request *hreq, void *arg)
 {
-    (void)hreq;
+    ingress_t *in = arg;
+    struct evhttp_connection *conn = evhttp_request_get_connection(hreq);
+    if (conn)
+        evhttp_connection_set_closecb(conn, NULL, NULL);
+    if (in->replies_writing > 0)
+        in->replies_writing--;
+}
+
+/* libevent frees the connection without calling the on-complete callback when the write
+ * fails (the client left mid-answer) or times out: the reply is over then too. */
+static void http_reply_lost(struct evhttp_connection *conn, void *arg)
+{
+    (void)conn;
     ingress_t *in = arg;
     if (in->replies_writing > 0)
         in->replies_writing--;
 }
 
-/* Sends the reply, counted as being written until libevent has sent its last byte: a stop
- * must not free the server under a half-sent answer. body may be NULL. A HEAD request gets
- * the headers a GET would (Content-Length too) and no body: libevent 2.1 leaves out
- * Content-Length for HEAD but still writes the body, which a client would then read as the
- * start of the next answer on a kept-alive connection. */
+/* Sends the reply, counted as being written until libevent has sent its last byte or lost
+ * the connection: a stop must not free the server under a half-sent answer. body may be
+ * NULL. A HEAD request gets the headers a GET would (Content-Length too) and no body:
+ * libevent 2.1 leaves out Content-Length for HEAD but still writes the body, which a client
+ * would then read as the start of the next answer on a kept-alive connection. */
 static void http_reply(ingress_t *in, struct evhttp_request *hreq, int status,
                        struct evbuffer *body)
 {
@@ -56,8 +69,14 @@ static void http_reply(ingress_t *in, struct evhttp_request *hreq, int status,
         evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Length", len);
         body = NULL;
     }
-    evhttp_request_set_on_complete_cb(hreq, http_reply_written, in);
-    in->replies_writing++;
+    /* Without a connection libevent frees the request and writes nothing. The connection's
+     * close callback is free here: jobs.c detaches its own before answering. */
+    struct evhttp_connection *conn = evhttp_request_get_connection(hreq);
+    if (conn) {
+        evhttp_connection_set_closecb(conn, http_reply_lost, in);
+        evhttp_request_set_on_complete_cb(hreq, http_reply_written, in);
+        in->replies_writing++;
+    }
     evhttp_send_reply(hreq, status, reason, body); /* moves the data */
 }
 

@@ -53,10 +53,10 @@ typedef struct ingress {
     ingress_request_t *requests; /* accepted, not answered: newest first */
     uint32_t n_requests;
     uint32_t replies_writing;   /* replies handed to libevent and not yet written out (a large
-                                   answer to a slow reader): the stop waits for them, bounded.
-                                   libevent does not say when a write fails with the
-                                   connection, so this may stay above 0: not counted as work
-                                   for the drain, which would then wait its whole timeout */
+                                   answer to a slow reader) nor lost with their connection: the
+                                   stop waits for them, bounded. Not counted as work for the
+                                   drain: a reader that never reads would hold it up until
+                                   http_io_timeout_ms */
     uint64_t next_serial;
     int64_t last_lost_check_ms;
     bool send_blocked;          /* jobs_tick left images unsent: the pipeline took no more */

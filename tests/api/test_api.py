@@ -508,3 +508,25 @@ def test_default_size_within_pixels_max(api):
         assert image_size(base64.b64decode(body["data"][0]["b64_json"])) == ("png", 256, 256)
     assert a.generate(size="512x512")[0] == 400
 
+
+def test_stop_after_a_client_left_mid_answer(api):
+    """A client that resets its connection while a large answer is being written out: libevent
+    frees the connection without saying the reply is complete, and the stop must not wait for
+    it (it would wait stop_timeout_ms / 2: 10 s here)."""
+    a = api(stop_timeout_ms=20000)
+    body = json.dumps({"prompt": "big", "size": "2048x2048", "n": 4, "output_format": "jpeg",
+                       "output_compression": 100, "num_inference_steps": 1}).encode()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # 4 x 2 MB of JPEG cannot fit
+    s.connect(("127.0.0.1", a.port))
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+              b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    s.settimeout(30 * SLOW)
+    assert s.recv(12).startswith(b"HTTP/1.1 200")  # the answer is going out
+    time.sleep(0.2)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # a reset: the server's next write fails
+    assert a.alive()
+    t0 = time.monotonic()
+    assert a.svc.stop() == 0
+    assert time.monotonic() - t0 < 5 * SLOW, "the stop waited for a reply nobody reads"
