@@ -5,10 +5,11 @@
  * comes back with 503 (a stage died or restarted with it, see stage_fail_to_origin), or when
  * it may have been lost without an answer: a process of its route that was alive when the
  * job was sent (stage_peer_gens) is no longer (stage_gen_alive), which is how a SIGKILLed
- * holder shows. A result whose attempt is not the job's current one is ignored. A request is
- * answered exactly once: 200 with every image, the first failure's status, 504 at
- * http_timeout_ms, or 503 when the stage stops; a client that goes away cancels its jobs
- * (pipeline/cancel.h), and so does every failure and timeout for the jobs still out. */
+ * holder shows. An image is made by whichever attempt brings it first (the other is then
+ * cancelled); an older attempt's failure is ignored. A request is answered exactly once: 200
+ * with every image, the first failure's status, 504 at http_timeout_ms, or 503 when the
+ * stage stops; a client that goes away cancels its jobs (pipeline/cancel.h), and so does
+ * every failure and timeout for the jobs still out. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -356,7 +357,8 @@ static bool jobs_retry(ingress_t *in, ingress_request_t *r, int i, const char *w
     }
     log_info("request %" PRIu64 " image %d: retrying (%s)", r->serial, i, why);
     /* The first attempt is not marked cancelled: the table knows ids, not attempts, and the
-     * retry has the same id. If it still runs somewhere, its result is dropped as stale. */
+     * retry has the same id. If it still runs somewhere, whichever attempt answers first
+     * makes the image and the other is cancelled then (jobs_result). */
     img->attempt++;
     img->state = IMG_WAITING;
     in->m.jobs_retried++;
@@ -408,6 +410,13 @@ void jobs_result(ingress_t *in, stage_job_t *job)
         return;
     }
     sodium_bin2base64(img->b64, b64len, data, n, sodium_base64_VARIANT_ORIGINAL);
+    /* A retried image's other attempt may still be computing: the first, when its loss was
+     * only feared, or the retry, when the first came back. It has this id too, and is not
+     * needed now (unless it was never sent). */
+    if (img->attempt > 0 && !(m->attempt < img->attempt && img->state == IMG_WAITING)) {
+        gen_cancel_mark(in->cancel, m->id);
+        in->m.jobs_cancelled++;
+    }
     img->state = IMG_DONE;
     in->m.job_seconds_sum += (double)(stage_now_us() - img->sent_us) / 1e6;
     in->m.job_seconds_count++;

@@ -3,8 +3,10 @@ import base64
 import json
 import os
 import re
+import signal
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -530,3 +532,28 @@ def test_stop_after_a_client_left_mid_answer(api):
     t0 = time.monotonic()
     assert a.svc.stop() == 0
     assert time.monotonic() - t0 < 5 * SLOW, "the stop waited for a reply nobody reads"
+
+
+def test_retried_image_cancels_its_other_attempt(api):
+    """A stage that dies counts against every image whose route it is on: with text killed
+    while the job computes at denoise, past text, the image is sent again (attempt 1) though
+    attempt 0 goes on. Attempt 0's image answers; attempt 1, queued at denoise behind it, is
+    then cancelled rather than computed for nothing."""
+    a = api(stages=gen_stages(delay_ms=1500))
+    out = []
+    t = threading.Thread(target=lambda: out.append(a.generate(seed=5, size="32x32")))
+    t.start()
+    wait_for(lambda: any(l.startswith("gen step=denoise") for l in a.svc.stage_log("denoise")),
+             10, "the job at denoise")
+    os.kill(a.svc.slot("text")["pid"], signal.SIGKILL)
+    t.join(30 * SLOW)
+    status, _, body = out[0]
+    assert status == 200, body
+    assert image_size(base64.b64decode(body["data"][0]["b64_json"])) == ("png", 32, 32)
+    wait_for(lambda: any(l.startswith("cancelled") and "attempt=1" in l
+                         for l in a.svc.stage_log("denoise")), 10 * SLOW,
+             "attempt 1 cancelled at denoise")
+    assert not any("attempt=1" in l for l in a.svc.stage_log("encode"))
+    samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
+    assert samples[("diffusiond_jobs_total", (("event", "retried"),))] == 1
+    assert a.alive()
