@@ -11,12 +11,15 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <jansson.h>
 
 #include "ingress.h"
 #include "ipc/log.h"
 
 #define HTTP_HEADERS_MAX (64 * 1024)
+#define HTTP_ACCEPT_PAUSE_MS 100
+#define HTTP_ACCEPT_LOG_MS 1000
 
 /* Error texts may quote a client's bytes cut anywhere: keep them valid UTF-8 for JSON. */
 static json_t *http_json_text(const char *s)
@@ -305,6 +308,45 @@ static void http_dispatch(struct evhttp_request *hreq, void *arg)
     }
 }
 
+/* libevent hands a listener's error callback the listener's argument, which is evhttp's own:
+ * the ingress is found here instead (one per process). */
+static ingress_t *http_accept_owner;
+
+static void http_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ingress_t *in = arg;
+    if (in->listener)
+        evconnlistener_enable(in->listener);
+}
+
+/* accept() failed other than for a passing reason: out of descriptors (EMFILE, ENFILE) or
+ * of kernel memory, mostly. libevent would only warn: the listening socket stays readable,
+ * so its loop would call accept() again at once, spinning a core and flooding the log until
+ * connections close, and missing heartbeats meanwhile. Accepting pauses instead, and the
+ * connections wait in the listen backlog; the log says so once a second at most. */
+static void http_accept_error(struct evconnlistener *lev, void *arg)
+{
+    (void)arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    ingress_t *in = http_accept_owner;
+    if (!in || !in->accept_timer)
+        return; /* not ours to pause: no timer would resume it */
+    evconnlistener_disable(lev);
+    struct timeval tv = {0, HTTP_ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(in->accept_timer, &tv);
+    in->accept_failures++;
+    int64_t now = stage_now_ms();
+    if (now - in->accept_logged_ms >= HTTP_ACCEPT_LOG_MS) {
+        log_warn("cannot accept connections: %s; accepting pauses %d ms at each failure "
+                 "(%u since the last such line)", evutil_socket_error_to_string(err),
+                 HTTP_ACCEPT_PAUSE_MS, in->accept_failures);
+        in->accept_logged_ms = now;
+        in->accept_failures = 0;
+    }
+}
+
 int http_start(ingress_t *in, char *err, size_t errlen)
 {
     in->base = event_base_new();
@@ -340,16 +382,31 @@ int http_start(ingress_t *in, char *err, size_t errlen)
         colon[-1] = '\0';
         h++;
     }
-    if (!evhttp_bind_socket_with_handle(in->http, h, (ev_uint16_t)port)) {
+    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(in->http, h,
+                                                                       (ev_uint16_t)port);
+    if (!bound) {
         snprintf(err, errlen, "cannot listen on %s (in use, or not an address of this host)",
                  in->cfg->listen);
         return -1;
     }
+    in->listener = evhttp_bound_socket_get_listener(bound);
+    in->accept_timer = evtimer_new(in->base, http_accept_resume, in);
+    if (!in->accept_timer) {
+        snprintf(err, errlen, "cannot start libevent's HTTP server (out of memory)");
+        return -1;
+    }
+    http_accept_owner = in;
+    evconnlistener_set_error_cb(in->listener, http_accept_error);
     return 0;
 }
 
 void http_stop(ingress_t *in)
 {
+    if (in->accept_timer)
+        event_free(in->accept_timer);
+    in->accept_timer = NULL;
+    in->listener = NULL;
+    http_accept_owner = NULL;
     if (in->http)
         evhttp_free(in->http);
     if (in->base)

@@ -43,6 +43,10 @@ typedef struct ingress {
     const config_server_t *cfg;
     struct event_base *base;
     struct evhttp *http;
+    struct evconnlistener *listener; /* evhttp's, for pausing accept() (http.c) */
+    struct event *accept_timer;      /* resumes accepting after a pause */
+    int64_t accept_logged_ms;        /* the last accept() failure logged, and those since */
+    uint32_t accept_failures;
     gen_cancel_table_t *cancel;
     gen_request_limits_t limits;
 

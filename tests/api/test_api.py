@@ -557,3 +557,43 @@ def test_retried_image_cancels_its_other_attempt(api):
     samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
     assert samples[("diffusiond_jobs_total", (("event", "retried"),))] == 1
     assert a.alive()
+
+
+def test_out_of_descriptors(api):
+    """With its descriptors used up (RLIMIT_NOFILE, lowered from outside), the ingress stops
+    accepting for a moment instead of retrying accept() at once: libevent's listener would
+    keep the loop spinning on the still-readable listening socket, warning at every turn, until
+    the process missed its heartbeats. It stays up and quiet, and serves again once the
+    connections close."""
+    import resource
+    a = api(stages=gen_stages(with_models=False), wait_ready=False)
+    pid = a.svc.slot("ingress")["pid"]
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    used = len(os.listdir(f"/proc/{pid}/fd"))
+    try:
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 5, hard))
+    except OSError as e:
+        pytest.skip(f"cannot lower another process's RLIMIT_NOFILE here: {e}")
+    conns = []
+    try:
+        for _ in range(20):  # more than it may open: the rest wait in the listen backlog
+            conns.append(socket.create_connection(("127.0.0.1", a.port), timeout=5 * SLOW))
+        time.sleep(0.3)
+        t0, c0 = time.monotonic(), cpu_seconds()
+        time.sleep(1.5)
+        share = (cpu_seconds() - c0) / (time.monotonic() - t0)
+        assert share < 0.2, f"the ingress used {share:.0%} of a core with no descriptors left"
+    finally:
+        for s in conns:
+            s.close()
+    wait_for(lambda: a.request("GET", "/health", timeout=1)[0] == 200, 10, "/health again")
+    assert a.svc.slot("ingress")["pid"] == pid  # never restarted
+    lines = [l for l in a.svc.log_text().splitlines() if "accept" in l]
+    assert 1 <= len(lines) <= 5, lines[:10]
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
