@@ -2,7 +2,7 @@
  * Routes: POST /v1/images/generations, GET /health, /ready, /metrics, /openapi.json. Every
  * error is {"error":{"message","type","param","code"}} (OpenAI's shape). A few errors are
  * libevent's own and answered before a route sees the request: 413 for a body over
- * http_body_max or headers over 64K, 400 for a request line or header that is not HTTP. */
+ * http_body_max, 400 for a request line or headers that are not HTTP or over 64K. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -60,6 +60,10 @@ def test_health_ready_openapi_metrics(api):
     props = doc["components"]["schemas"]["ImageGenerationRequest"]["properties"]
     assert {"prompt", "n", "size", "seed", "negative_prompt", "num_inference_steps",
             "true_cfg_scale", "max_sequence_length", "output_format"} <= set(props)
+    # seeds above 2^63-1 come back as decimal strings, in the answer and in each image
+    answer = doc["components"]["schemas"]["ImagesResponse"]["properties"]
+    for seed in (answer["seed"], answer["data"]["items"]["properties"]["seed"]):
+        assert {t["type"] for t in seed["oneOf"]} == {"integer", "string"}
     status, hdrs, text = a.request("GET", "/metrics")
     assert status == 200 and hdrs["Content-Type"].startswith("text/plain")
     samples = parse_metrics(text.decode())
@@ -597,3 +601,23 @@ def test_out_of_descriptors(api):
     lines = [l for l in a.svc.log_text().splitlines() if "accept" in l]
     assert 1 <= len(lines) <= 5, lines[:10]
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_half_closed_client_counts_as_gone(api):
+    """A client that shuts down its sending side after its request cannot be told from one
+    that left: its jobs are cancelled, the connection closed without an answer, and the
+    request counted 499 (README says so)."""
+    a = api(stages=gen_stages(delay_ms=3000))
+    body = json.dumps({"prompt": "half", "size": "32x32"}).encode()
+    s = socket.create_connection(("127.0.0.1", a.port), timeout=10 * SLOW)
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+              b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(100) == b""  # closed, no answer, well before the 3 s the image takes
+    s.close()
+    wait_for(lambda: any(l.startswith("cancelled") for l in a.svc.stage_log("denoise")), 10,
+             "the denoise stage to see the cancellation")
+    samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
+    key = ("diffusiond_http_requests_total",
+           (("route", "/v1/images/generations"), ("status", "499")))
+    assert samples[key] == 1
