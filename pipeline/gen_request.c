@@ -11,6 +11,8 @@
 
 #include <jansson.h>
 
+#include "ipc/proto.h"
+
 static int req_fail(gen_request_error_t *err, const char *param, const char *code,
                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
@@ -295,6 +297,53 @@ static int req_fields(json_t *o, const gen_request_limits_t *lim, gen_request_t 
     return 0;
 }
 
+/* The bytes of the job params that p encodes to with the longest seed (image i's seed is the
+ * request's + i, any 64-bit number); 0 when they cannot be encoded. */
+static size_t req_params_len(const gen_params_t *p)
+{
+    gen_params_t q = *p;
+    q.seed = UINT64_MAX;
+    char *text = NULL, why[256];
+    size_t len = 0;
+    if (gen_params_encode(&q, &text, &len, why, sizeof why) != 0)
+        len = 0;
+    free(text);
+    return len;
+}
+
+/* The params must fit one job message (PROTO_MAX_PARAMS): the prompts' byte limit does not
+ * make sure of it, since JSON writes a control character as \u00XX, six bytes for one. The
+ * param named is the prompt when it is too long alone, else the negative prompt. */
+static int req_params_fit(const gen_params_t *p, gen_request_error_t *err)
+{
+    size_t len = req_params_len(p);
+    if (len == 0)
+        return req_fail(err, "", "invalid_value",
+                        "the request cannot be made into a job (out of memory)");
+    if (len <= PROTO_MAX_PARAMS)
+        return 0;
+    gen_params_t alone = *p;
+    alone.negative_prompt = NULL;
+    size_t prompt_len = req_params_len(&alone);
+    const char *param = prompt_len == 0 || prompt_len > PROTO_MAX_PARAMS ? "prompt"
+                                                                         : "negative_prompt";
+    return req_fail(err, param, "invalid_value",
+                    "'prompt' and 'negative_prompt' make %zu bytes of job parameters as JSON, "
+                    "where control characters take 6 bytes each (\\u00XX); allowed: at most "
+                    "%d", len, PROTO_MAX_PARAMS);
+}
+
+/* The default size: 1024x1024, or the largest square of sides a multiple of 16 within
+ * pixels_max when that is smaller (as the default steps within steps_max), so that a request
+ * without "size" is never refused for it. */
+static int req_default_side(int64_t pixels_max)
+{
+    int side = GEN_REQUEST_DEFAULT_SIDE;
+    while (side > GEN_SIDE_MIN && (int64_t)side * side > pixels_max)
+        side -= 16;
+    return side;
+}
+
 int gen_request_parse(const char *body, size_t len, const gen_request_limits_t *lim,
                       gen_request_t *req, gen_request_error_t *err)
 {
@@ -302,7 +351,7 @@ int gen_request_parse(const char *body, size_t len, const gen_request_limits_t *
     memset(err, 0, sizeof *err);
     gen_params_t *p = &req->params;
     req->n = 1;
-    p->width = p->height = GEN_REQUEST_DEFAULT_SIDE;
+    p->width = p->height = req_default_side(lim->pixels_max);
     p->steps = GEN_REQUEST_DEFAULT_STEPS < lim->steps_max ? GEN_REQUEST_DEFAULT_STEPS
                                                           : lim->steps_max;
     p->true_cfg_scale = GEN_REQUEST_DEFAULT_CFG;
@@ -325,6 +374,8 @@ int gen_request_parse(const char *body, size_t len, const gen_request_limits_t *
         char why[256];
         if (gen_params_check(p, why, sizeof why) != 0)
             rc = req_fail(err, "", "invalid_value", "%s", why); /* a limit above GEN_* */
+        else
+            rc = req_params_fit(p, err);
     }
     if (rc != 0)
         gen_request_free(req);

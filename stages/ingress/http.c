@@ -2,7 +2,7 @@
  * Routes: POST /v1/images/generations, GET /health, /ready, /metrics, /openapi.json. Every
  * error is {"error":{"message","type","param","code"}} (OpenAI's shape). A few errors are
  * libevent's own and answered before a route sees the request: 413 for a body over
- * http_body_max or headers over 64K, 400 for a request line or header that is not HTTP. */
+ * http_body_max, 400 for a request line or headers that are not HTTP or over 64K. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,12 +11,15 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <jansson.h>
 
 #include "ingress.h"
 #include "ipc/log.h"
 
 #define HTTP_HEADERS_MAX (64 * 1024)
+#define HTTP_ACCEPT_PAUSE_MS 100
+#define HTTP_ACCEPT_LOG_MS 1000
 
 /* Error texts may quote a client's bytes cut anywhere: keep them valid UTF-8 for JSON. */
 static json_t *http_json_text(const char *s)
@@ -32,21 +35,52 @@ static json_t *http_json_text(const char *s)
     return json_string(buf);
 }
 
-/* libevent calls this once a reply is written out whole. */
+/* libevent calls this once a reply is written out whole. The close callback goes too: the
+ * connection may be freed right after (Connection: close), and must not count it again. */
 static void http_reply_written(struct evhttp_request *hreq, void *arg)
 {
-    (void)hreq;
+    ingress_t *in = arg;
+    struct evhttp_connection *conn = evhttp_request_get_connection(hreq);
+    if (conn)
+        evhttp_connection_set_closecb(conn, NULL, NULL);
+    if (in->replies_writing > 0)
+        in->replies_writing--;
+}
+
+/* libevent frees the connection without calling the on-complete callback when the write
+ * fails (the client left mid-answer) or times out: the reply is over then too. */
+static void http_reply_lost(struct evhttp_connection *conn, void *arg)
+{
+    (void)conn;
     ingress_t *in = arg;
     if (in->replies_writing > 0)
         in->replies_writing--;
 }
 
-/* Counts the reply as being written until libevent has sent its last byte: a stop must not
- * free the server under a half-sent answer. */
-static void http_track_reply(ingress_t *in, struct evhttp_request *hreq)
+/* Sends the reply, counted as being written until libevent has sent its last byte or lost
+ * the connection: a stop must not free the server under a half-sent answer. body may be
+ * NULL. A HEAD request gets the headers a GET would (Content-Length too) and no body:
+ * libevent 2.1 leaves out Content-Length for HEAD but still writes the body, which a client
+ * would then read as the start of the next answer on a kept-alive connection. */
+static void http_reply(ingress_t *in, struct evhttp_request *hreq, int status,
+                       struct evbuffer *body)
 {
-    evhttp_request_set_on_complete_cb(hreq, http_reply_written, in);
-    in->replies_writing++;
+    const char *reason = status == 200 ? "OK" : NULL; /* NULL: libevent's phrase for status */
+    if (evhttp_request_get_command(hreq) == EVHTTP_REQ_HEAD) {
+        char len[24];
+        snprintf(len, sizeof len, "%zu", body ? evbuffer_get_length(body) : 0);
+        evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Length", len);
+        body = NULL;
+    }
+    /* Without a connection libevent frees the request and writes nothing. The connection's
+     * close callback is free here: jobs.c detaches its own before answering. */
+    struct evhttp_connection *conn = evhttp_request_get_connection(hreq);
+    if (conn) {
+        evhttp_connection_set_closecb(conn, http_reply_lost, in);
+        evhttp_request_set_on_complete_cb(hreq, http_reply_written, in);
+        in->replies_writing++;
+    }
+    evhttp_send_reply(hreq, status, reason, body); /* moves the data */
 }
 
 void http_send_json_buffer(ingress_t *in, struct evhttp_request *hreq, int route, int status,
@@ -54,8 +88,7 @@ void http_send_json_buffer(ingress_t *in, struct evhttp_request *hreq, int route
 {
     evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type",
                       "application/json");
-    http_track_reply(in, hreq);
-    evhttp_send_reply(hreq, status, status == 200 ? "OK" : NULL, body); /* moves the data */
+    http_reply(in, hreq, status, body);
     evbuffer_free(body);
     metrics_count(in, route, status);
 }
@@ -64,13 +97,11 @@ void http_send_json(ingress_t *in, struct evhttp_request *hreq, int route, int s
                     char *text)
 {
     struct evbuffer *body = evbuffer_new();
-    struct evkeyvalq *h = evhttp_request_get_output_headers(hreq);
-    evhttp_add_header(h, "Content-Type", "application/json");
+    evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type",
+                      "application/json");
     if (body && text)
         evbuffer_add(body, text, strlen(text));
-    const char *reason = status == 200 ? "OK" : NULL; /* NULL: libevent's phrase for status */
-    http_track_reply(in, hreq);
-    evhttp_send_reply(hreq, status, reason, body);
+    http_reply(in, hreq, status, body);
     if (body)
         evbuffer_free(body);
     free(text);
@@ -106,8 +137,7 @@ static void http_send_text(ingress_t *in, struct evhttp_request *hreq, int route
     evhttp_add_header(evhttp_request_get_output_headers(hreq), "Content-Type", type);
     if (body)
         evbuffer_add(body, text, strlen(text));
-    http_track_reply(in, hreq);
-    evhttp_send_reply(hreq, 200, "OK", body);
+    http_reply(in, hreq, 200, body);
     if (body)
         evbuffer_free(body);
     metrics_count(in, route, 200);
@@ -278,6 +308,45 @@ static void http_dispatch(struct evhttp_request *hreq, void *arg)
     }
 }
 
+/* libevent hands a listener's error callback the listener's argument, which is evhttp's own:
+ * the ingress is found here instead (one per process). */
+static ingress_t *http_accept_owner;
+
+static void http_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ingress_t *in = arg;
+    if (in->listener)
+        evconnlistener_enable(in->listener);
+}
+
+/* accept() failed other than for a passing reason: out of descriptors (EMFILE, ENFILE) or
+ * of kernel memory, mostly. libevent would only warn: the listening socket stays readable,
+ * so its loop would call accept() again at once, spinning a core and flooding the log until
+ * connections close, and missing heartbeats meanwhile. Accepting pauses instead, and the
+ * connections wait in the listen backlog; the log says so once a second at most. */
+static void http_accept_error(struct evconnlistener *lev, void *arg)
+{
+    (void)arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    ingress_t *in = http_accept_owner;
+    if (!in || !in->accept_timer)
+        return; /* not ours to pause: no timer would resume it */
+    evconnlistener_disable(lev);
+    struct timeval tv = {0, HTTP_ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(in->accept_timer, &tv);
+    in->accept_failures++;
+    int64_t now = stage_now_ms();
+    if (now - in->accept_logged_ms >= HTTP_ACCEPT_LOG_MS) {
+        log_warn("cannot accept connections: %s; accepting pauses %d ms at each failure "
+                 "(%u since the last such line)", evutil_socket_error_to_string(err),
+                 HTTP_ACCEPT_PAUSE_MS, in->accept_failures);
+        in->accept_logged_ms = now;
+        in->accept_failures = 0;
+    }
+}
+
 int http_start(ingress_t *in, char *err, size_t errlen)
 {
     in->base = event_base_new();
@@ -313,16 +382,31 @@ int http_start(ingress_t *in, char *err, size_t errlen)
         colon[-1] = '\0';
         h++;
     }
-    if (!evhttp_bind_socket_with_handle(in->http, h, (ev_uint16_t)port)) {
+    struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(in->http, h,
+                                                                       (ev_uint16_t)port);
+    if (!bound) {
         snprintf(err, errlen, "cannot listen on %s (in use, or not an address of this host)",
                  in->cfg->listen);
         return -1;
     }
+    in->listener = evhttp_bound_socket_get_listener(bound);
+    in->accept_timer = evtimer_new(in->base, http_accept_resume, in);
+    if (!in->accept_timer) {
+        snprintf(err, errlen, "cannot start libevent's HTTP server (out of memory)");
+        return -1;
+    }
+    http_accept_owner = in;
+    evconnlistener_set_error_cb(in->listener, http_accept_error);
     return 0;
 }
 
 void http_stop(ingress_t *in)
 {
+    if (in->accept_timer)
+        event_free(in->accept_timer);
+    in->accept_timer = NULL;
+    in->listener = NULL;
+    http_accept_owner = NULL;
     if (in->http)
         evhttp_free(in->http);
     if (in->base)

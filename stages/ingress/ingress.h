@@ -43,6 +43,10 @@ typedef struct ingress {
     const config_server_t *cfg;
     struct event_base *base;
     struct evhttp *http;
+    struct evconnlistener *listener; /* evhttp's, for pausing accept() (http.c) */
+    struct event *accept_timer;      /* resumes accepting after a pause */
+    int64_t accept_logged_ms;        /* the last accept() failure logged, and those since */
+    uint32_t accept_failures;
     gen_cancel_table_t *cancel;
     gen_request_limits_t limits;
 
@@ -53,10 +57,10 @@ typedef struct ingress {
     ingress_request_t *requests; /* accepted, not answered: newest first */
     uint32_t n_requests;
     uint32_t replies_writing;   /* replies handed to libevent and not yet written out (a large
-                                   answer to a slow reader): the stop waits for them, bounded.
-                                   libevent does not say when a write fails with the
-                                   connection, so this may stay above 0: not counted as work
-                                   for the drain, which would then wait its whole timeout */
+                                   answer to a slow reader) nor lost with their connection: the
+                                   stop waits for them, bounded. Not counted as work for the
+                                   drain: a reader that never reads would hold it up until
+                                   http_io_timeout_ms */
     uint64_t next_serial;
     int64_t last_lost_check_ms;
     bool send_blocked;          /* jobs_tick left images unsent: the pipeline took no more */

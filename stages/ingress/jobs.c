@@ -5,10 +5,11 @@
  * comes back with 503 (a stage died or restarted with it, see stage_fail_to_origin), or when
  * it may have been lost without an answer: a process of its route that was alive when the
  * job was sent (stage_peer_gens) is no longer (stage_gen_alive), which is how a SIGKILLed
- * holder shows. A result whose attempt is not the job's current one is ignored. A request is
- * answered exactly once: 200 with every image, the first failure's status, 504 at
- * http_timeout_ms, or 503 when the stage stops; a client that goes away cancels its jobs
- * (pipeline/cancel.h), and so does every failure and timeout for the jobs still out. */
+ * holder shows. An image is made by whichever attempt brings it first (the other is then
+ * cancelled); an older attempt's failure is ignored. A request is answered exactly once: 200
+ * with every image, the first failure's status, 504 at http_timeout_ms, or 503 when the
+ * stage stops; a client that goes away cancels its jobs (pipeline/cancel.h), and so does
+ * every failure and timeout for the jobs still out. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,7 +303,8 @@ static void jobs_add_holders(ingress_t *in, ingress_image_t *img)
     }
 }
 
-/* Makes and sends image i's job. 0, or -1 when it cannot be made (out of memory). */
+/* Makes and sends image i's job. 0, or the status to answer when it cannot be made: 503 out
+ * of memory, 500 params over PROTO_MAX_PARAMS (gen_request_parse refuses those: a bug). */
 static int jobs_send(ingress_t *in, ingress_request_t *r, int i)
 {
     const char *route[INGRESS_N_STEPS + 1];
@@ -313,15 +315,20 @@ static int jobs_send(ingress_t *in, ingress_request_t *r, int i)
     p.seed = r->req.params.seed + (uint64_t)i; /* wraps around 2^64, as documented */
     char *params = NULL, err[256];
     size_t len = 0;
-    if (gen_params_encode(&p, &params, &len, err, sizeof err) != 0 || len > PROTO_MAX_PARAMS) {
+    if (gen_params_encode(&p, &params, &len, err, sizeof err) != 0) {
         log_error("request %" PRIu64 ": cannot encode its job: %s", r->serial, err);
+        return 503;
+    }
+    if (len > PROTO_MAX_PARAMS) {
+        log_error("request %" PRIu64 ": its job's params are %zu bytes, over %d", r->serial, len,
+                  PROTO_MAX_PARAMS);
         free(params);
-        return -1;
+        return 500;
     }
     stage_job_t *job = stage_job_new(in->st, jobs_id(r, i), route, INGRESS_N_STEPS + 1);
     if (!job) {
         free(params);
-        return -1;
+        return 503;
     }
     ingress_image_t *img = &r->images[i];
     job->msg.attempt = img->attempt;
@@ -350,7 +357,8 @@ static bool jobs_retry(ingress_t *in, ingress_request_t *r, int i, const char *w
     }
     log_info("request %" PRIu64 " image %d: retrying (%s)", r->serial, i, why);
     /* The first attempt is not marked cancelled: the table knows ids, not attempts, and the
-     * retry has the same id. If it still runs somewhere, its result is dropped as stale. */
+     * retry has the same id. If it still runs somewhere, whichever attempt answers first
+     * makes the image and the other is cancelled then (jobs_result). */
     img->attempt++;
     img->state = IMG_WAITING;
     in->m.jobs_retried++;
@@ -402,6 +410,13 @@ void jobs_result(ingress_t *in, stage_job_t *job)
         return;
     }
     sodium_bin2base64(img->b64, b64len, data, n, sodium_base64_VARIANT_ORIGINAL);
+    /* A retried image's other attempt may still be computing: the first, when its loss was
+     * only feared, or the retry, when the first came back. It has this id too, and is not
+     * needed now (unless it was never sent). */
+    if (img->attempt > 0 && !(m->attempt < img->attempt && img->state == IMG_WAITING)) {
+        gen_cancel_mark(in->cancel, m->id);
+        in->m.jobs_cancelled++;
+    }
     img->state = IMG_DONE;
     in->m.job_seconds_sum += (double)(stage_now_us() - img->sent_us) / 1e6;
     in->m.job_seconds_count++;
@@ -456,9 +471,15 @@ void jobs_tick(ingress_t *in)
                 in->send_blocked = true;
                 break;
             }
-            if (jobs_send(in, r, i) != 0) {
+            int failed = jobs_send(in, r, i);
+            if (failed == 503) {
                 jobs_answer_error(in, r, 503, "server_error", "out_of_memory",
                                   "cannot make the job (out of memory)");
+                break;
+            }
+            if (failed) {
+                jobs_answer_error(in, r, 500, "server_error", "internal_error",
+                                  "the job's parameters are too large to send");
                 break;
             }
         }

@@ -3,8 +3,10 @@ import base64
 import json
 import os
 import re
+import signal
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -58,6 +60,10 @@ def test_health_ready_openapi_metrics(api):
     props = doc["components"]["schemas"]["ImageGenerationRequest"]["properties"]
     assert {"prompt", "n", "size", "seed", "negative_prompt", "num_inference_steps",
             "true_cfg_scale", "max_sequence_length", "output_format"} <= set(props)
+    # seeds above 2^63-1 come back as decimal strings, in the answer and in each image
+    answer = doc["components"]["schemas"]["ImagesResponse"]["properties"]
+    for seed in (answer["seed"], answer["data"]["items"]["properties"]["seed"]):
+        assert {t["type"] for t in seed["oneOf"]} == {"integer", "string"}
     status, hdrs, text = a.request("GET", "/metrics")
     assert status == 200 and hdrs["Content-Type"].startswith("text/plain")
     samples = parse_metrics(text.decode())
@@ -429,3 +435,189 @@ def test_idle_ingress_sleeps(api):
     print(f"idle ingress: {share:.1%} of a core")
     assert share < 0.05, f"the idle ingress used {share:.1%} of a core"
     assert a.request("GET", "/health")[0] == 200
+
+
+def test_control_characters_over_the_params_limit(api):
+    """A control character passes the byte limit as one byte but travels as six (\\u0001) in
+    the job's JSON params: a prompt and a negative prompt of 8192 of them each would be params
+    over 64 KiB, which no stage can be sent. That is the client's 400, found up front (not a
+    503 with Retry-After that a client would retry forever); plain prompts of the same length
+    still pass."""
+    a = api()
+    status, hdrs, body = a.generate(prompt="\x01" * 8192, negative_prompt="\x01" * 8192)
+    assert status == 400, body
+    err = body["error"]
+    assert err["code"] == "invalid_value" and err["param"] == "negative_prompt"
+    assert "Retry-After" not in hdrs and "65536" in err["message"]
+    status, _, body = a.generate(prompt="\x01" * 8192)
+    assert status == 200, body  # 49 KB of params alone: within the limit
+    status, _, body = a.generate(prompt="x" * 8192, negative_prompt="y" * 8192)
+    assert status == 200, body
+    assert a.alive()
+
+
+def read_response(s, head_request=False):
+    """One HTTP/1.1 response from socket s: (status, headers, body), the body as long as its
+    Content-Length says (none for a HEAD request's answer), reading no further."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(1)
+        assert chunk, f"the connection closed mid-headers: {buf!r}"
+        buf += chunk
+    lines = buf.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {k.strip().lower(): v.strip() for k, v in
+               (l.split(":", 1) for l in lines[1:] if l)}
+    n = 0 if head_request else int(headers.get("content-length", 0))
+    body = b""
+    while len(body) < n:
+        chunk = s.recv(n - len(body))
+        assert chunk, "the connection closed mid-body"
+        body += chunk
+    return status, headers, body
+
+
+def test_head_then_get_on_one_connection(api_shared):
+    """A HEAD answer has the GET answer's headers (its Content-Length included) and no body:
+    body bytes after it would be read as the start of the next answer on a kept-alive
+    connection."""
+    a = api_shared
+    with socket.create_connection(("127.0.0.1", a.port), timeout=10 * SLOW) as s:
+        for path in ("/health", "/openapi.json", "/nope", "/v1/images/generations"):
+            s.sendall(b"HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            hstatus, hhead, hbody = read_response(s, head_request=True)
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            gstatus, ghead, gbody = read_response(s)
+            assert hstatus == gstatus or (hstatus, gstatus) == (405, 405), path
+            assert hbody == b""
+            if hstatus == 200:
+                assert int(hhead["content-length"]) == len(gbody) > 0
+            assert ghead["content-type"].startswith("application/json")
+        # nothing left over on the connection: the last GET's answer ended where it said
+        s.settimeout(0.3)
+        try:
+            extra = s.recv(100)
+        except socket.timeout:
+            extra = b""
+        assert extra == b""
+    assert a.alive()
+
+
+def test_default_size_within_pixels_max(api):
+    """Below 1024x1024 pixels, a request without a size (or with "auto") gets the largest square
+    that fits http_pixels_max, as the default steps fit http_steps_max: not a 400."""
+    a = api(http_pixels_max=70000, http_steps_max=3)
+    for extra in ({}, {"size": "auto"}):
+        status, _, body = a.json("POST", "/v1/images/generations", dict(prompt="a cat", **extra))
+        assert status == 200, body
+        assert body["size"] == "256x256"
+        assert image_size(base64.b64decode(body["data"][0]["b64_json"])) == ("png", 256, 256)
+    assert a.generate(size="512x512")[0] == 400
+
+
+def test_stop_after_a_client_left_mid_answer(api):
+    """A client that resets its connection while a large answer is being written out: libevent
+    frees the connection without saying the reply is complete, and the stop must not wait for
+    it (it would wait stop_timeout_ms / 2: 10 s here)."""
+    a = api(stop_timeout_ms=20000)
+    body = json.dumps({"prompt": "big", "size": "2048x2048", "n": 4, "output_format": "jpeg",
+                       "output_compression": 100, "num_inference_steps": 1}).encode()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # 4 x 2 MB of JPEG cannot fit
+    s.connect(("127.0.0.1", a.port))
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+              b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    s.settimeout(30 * SLOW)
+    assert s.recv(12).startswith(b"HTTP/1.1 200")  # the answer is going out
+    time.sleep(0.2)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # a reset: the server's next write fails
+    assert a.alive()
+    t0 = time.monotonic()
+    assert a.svc.stop() == 0
+    assert time.monotonic() - t0 < 5 * SLOW, "the stop waited for a reply nobody reads"
+
+
+def test_retried_image_cancels_its_other_attempt(api):
+    """A stage that dies counts against every image whose route it is on: with text killed
+    while the job computes at denoise, past text, the image is sent again (attempt 1) though
+    attempt 0 goes on. Attempt 0's image answers; attempt 1, queued at denoise behind it, is
+    then cancelled rather than computed for nothing."""
+    a = api(stages=gen_stages(delay_ms=1500))
+    out = []
+    t = threading.Thread(target=lambda: out.append(a.generate(seed=5, size="32x32")))
+    t.start()
+    wait_for(lambda: any(l.startswith("gen step=denoise") for l in a.svc.stage_log("denoise")),
+             10, "the job at denoise")
+    os.kill(a.svc.slot("text")["pid"], signal.SIGKILL)
+    t.join(30 * SLOW)
+    status, _, body = out[0]
+    assert status == 200, body
+    assert image_size(base64.b64decode(body["data"][0]["b64_json"])) == ("png", 32, 32)
+    wait_for(lambda: any(l.startswith("cancelled") and "attempt=1" in l
+                         for l in a.svc.stage_log("denoise")), 10 * SLOW,
+             "attempt 1 cancelled at denoise")
+    assert not any("attempt=1" in l for l in a.svc.stage_log("encode"))
+    samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
+    assert samples[("diffusiond_jobs_total", (("event", "retried"),))] == 1
+    assert a.alive()
+
+
+def test_out_of_descriptors(api):
+    """With its descriptors used up (RLIMIT_NOFILE, lowered from outside), the ingress stops
+    accepting for a moment instead of retrying accept() at once: libevent's listener would
+    keep the loop spinning on the still-readable listening socket, warning at every turn, until
+    the process missed its heartbeats. It stays up and quiet, and serves again once the
+    connections close."""
+    import resource
+    a = api(stages=gen_stages(with_models=False), wait_ready=False)
+    pid = a.svc.slot("ingress")["pid"]
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    used = len(os.listdir(f"/proc/{pid}/fd"))
+    try:
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 5, hard))
+    except OSError as e:
+        pytest.skip(f"cannot lower another process's RLIMIT_NOFILE here: {e}")
+    conns = []
+    try:
+        for _ in range(20):  # more than it may open: the rest wait in the listen backlog
+            conns.append(socket.create_connection(("127.0.0.1", a.port), timeout=5 * SLOW))
+        time.sleep(0.3)
+        t0, c0 = time.monotonic(), cpu_seconds()
+        time.sleep(1.5)
+        share = (cpu_seconds() - c0) / (time.monotonic() - t0)
+        assert share < 0.2, f"the ingress used {share:.0%} of a core with no descriptors left"
+    finally:
+        for s in conns:
+            s.close()
+    wait_for(lambda: a.request("GET", "/health", timeout=1)[0] == 200, 10, "/health again")
+    assert a.svc.slot("ingress")["pid"] == pid  # never restarted
+    lines = [l for l in a.svc.log_text().splitlines() if "accept" in l]
+    assert 1 <= len(lines) <= 5, lines[:10]
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_half_closed_client_counts_as_gone(api):
+    """A client that shuts down its sending side after its request cannot be told from one
+    that left: its jobs are cancelled, the connection closed without an answer, and the
+    request counted 499 (README says so)."""
+    a = api(stages=gen_stages(delay_ms=3000))
+    body = json.dumps({"prompt": "half", "size": "32x32"}).encode()
+    s = socket.create_connection(("127.0.0.1", a.port), timeout=10 * SLOW)
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+              b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(100) == b""  # closed, no answer, well before the 3 s the image takes
+    s.close()
+    wait_for(lambda: any(l.startswith("cancelled") for l in a.svc.stage_log("denoise")), 10,
+             "the denoise stage to see the cancellation")
+    samples = parse_metrics(a.request("GET", "/metrics")[2].decode())
+    key = ("diffusiond_http_requests_total",
+           (("route", "/v1/images/generations"), ("status", "499")))
+    assert samples[key] == 1
