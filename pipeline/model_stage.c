@@ -52,6 +52,8 @@ static gen_task_t *queue_pop(task_queue_t *q)
     return t;
 }
 
+typedef struct model_stage model_stage_t;
+
 struct model_stage {
     model_stage_spec_t spec;
     pthread_t thread;
@@ -139,7 +141,9 @@ bool gen_task_cancelled(gen_task_t *task)
     return task->stopped;
 }
 
-model_stage_t *model_stage_start(const model_stage_spec_t *spec, stage_t *st)
+/* Starts the worker thread; st gives the instance whose cancel tables the worker reads.
+ * NULL when it cannot (out of memory, no thread). */
+static model_stage_t *model_stage_start(const model_stage_spec_t *spec, stage_t *st)
 {
     model_stage_t *ms = calloc(1, sizeof *ms);
     if (!ms)
@@ -217,7 +221,10 @@ static uint64_t task_pool_bytes(const gen_task_t *t)
     return total;
 }
 
-int model_stage_check_section(const stage_t *st)
+/* What a model stage's section may ask: 0, or STAGE_EXIT_CONFIG (logged) for device =
+ * cuda:N, which the models cannot run on yet. batch_size and batch_wait_ms are accepted with
+ * a warning that they change nothing: the stages compute one job at a time. */
+static int model_stage_check_section(const stage_t *st)
 {
     const config_stage_t *sec = stage_section(st);
     if (sec->device.cuda) {
@@ -271,7 +278,7 @@ static void model_stage_throttle(model_stage_t *ms, stage_t *st)
     stage_pause_intake(st, ms->held >= MODEL_STAGE_HOLD);
 }
 
-stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *job)
+static stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *job)
 {
     char err[PROTO_ERROR_MAX];
     if (job->msg.n_tensors < ms->spec.min_inputs || job->msg.n_tensors > ms->spec.max_inputs) {
@@ -349,7 +356,7 @@ static int task_send(model_stage_t *ms, stage_t *st, gen_task_t *t)
     return 0;
 }
 
-void model_stage_tick(model_stage_t *ms, stage_t *st)
+static void model_stage_tick(model_stage_t *ms, stage_t *st)
 {
     pthread_mutex_lock(&ms->lock);
     gen_task_t *t;
@@ -390,9 +397,7 @@ void model_stage_tick(model_stage_t *ms, stage_t *st)
     }
 }
 
-uint32_t model_stage_inflight(const model_stage_t *ms) { return ms->held; }
-
-void model_stage_stop(model_stage_t *ms, stage_t *st)
+static void model_stage_stop(model_stage_t *ms, stage_t *st)
 {
     if (!ms)
         return;
@@ -418,4 +423,61 @@ void model_stage_stop(model_stage_t *ms, stage_t *st)
     pthread_mutex_destroy(&ms->lock);
     pthread_cond_destroy(&ms->wake);
     free(ms);
+}
+
+/* ---- the skeleton's callbacks -------------------------------------------------------------- */
+
+static const model_stage_def_t *stage_def; /* one model stage per process */
+
+static int stage_init_cb(stage_t *st, int argc, char **argv, void **state)
+{
+    (void)argc;
+    (void)argv;
+    int rc = model_stage_check_section(st);
+    model_stage_spec_t spec = {0};
+    if (rc == 0)
+        rc = stage_def->init(st, &spec);
+    if (rc != 0)
+        return rc;
+    model_stage_t *ms = model_stage_start(&spec, st);
+    if (!ms) {
+        if (stage_def->fini)
+            stage_def->fini(spec.model);
+        return STAGE_EXIT_ERROR;
+    }
+    *state = ms;
+    return 0;
+}
+
+static stage_job_result_t stage_job_cb(stage_t *st, void *state, stage_job_t *job)
+{
+    return model_stage_job(state, st, job);
+}
+
+static void stage_tick_cb(stage_t *st, void *state) { model_stage_tick(state, st); }
+
+static uint32_t stage_inflight_cb(stage_t *st, void *state)
+{
+    (void)st;
+    return ((const model_stage_t *)state)->held;
+}
+
+static void stage_fini_cb(stage_t *st, void *state)
+{
+    model_stage_t *ms = state;
+    void *model = ms->spec.model;
+    model_stage_stop(ms, st);
+    if (stage_def->fini)
+        stage_def->fini(model);
+}
+
+int model_stage_main(int argc, char **argv, const model_stage_def_t *def)
+{
+    stage_def = def;
+    /* the worker wakes the loop when a task is done (stage_wake); the tick also retries
+     * computed tasks that wait for room in the pool */
+    static const stage_ops_t ops = {.init = stage_init_cb, .job = stage_job_cb,
+                                    .tick = stage_tick_cb, .inflight = stage_inflight_cb,
+                                    .fini = stage_fini_cb, .tick_ms = 5};
+    return stage_main(argc, argv, &ops);
 }

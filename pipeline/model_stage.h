@@ -67,20 +67,21 @@ typedef struct {
     struct nn_ctx *ctx;
 } model_stage_spec_t;
 
-typedef struct model_stage model_stage_t;
+/* A model stage program: its main() is `return model_stage_main(argc, argv, &def);`, and
+ * model_stage_main supplies the skeleton's callbacks. */
+typedef struct {
+    /* Loads the models and fills spec (what, inputs, compute, model, ctx); called once the
+     * stage's section has been checked (device, batch keys). 0, or a STAGE_EXIT_* code. */
+    int (*init)(stage_t *st, model_stage_spec_t *spec);
+    /* Frees spec.model, after the worker has stopped (NULL: nothing to free). */
+    void (*fini)(void *model);
+} model_stage_def_t;
 
-/* Starts the worker thread; st gives the instance whose cancel tables the worker reads. NULL
- * when it cannot (out of memory, no thread). */
-model_stage_t *model_stage_start(const model_stage_spec_t *spec, stage_t *st);
-/* Stops the worker: the task it is running stops at its next block or step. Tasks already
- * computed go on if the pool has room for them now; the rest, and those not started, are
- * failed 503 (their origin sends them again elsewhere). Then frees everything. */
-void model_stage_stop(model_stage_t *ms, stage_t *st);
-
-/* The skeleton callbacks' bodies (each stage's own callbacks call these). */
-stage_job_result_t model_stage_job(model_stage_t *ms, stage_t *st, stage_job_t *job);
-void model_stage_tick(model_stage_t *ms, stage_t *st);
-uint32_t model_stage_inflight(const model_stage_t *ms);
+/* Runs the stage (stage_main). On the way out the worker stops: the task it is running stops
+ * at its next block or step; tasks already computed go on if the pool has room for them now;
+ * the rest, and those not started, are failed 503 (their origin sends them again
+ * elsewhere). */
+int model_stage_main(int argc, char **argv, const model_stage_def_t *def);
 
 /* For compute functions: a malloc'd output of dtype and shape; NULL when out of memory. */
 void *gen_output_alloc(gen_task_t *task, int dtype, int ndim, const int64_t *shape);
@@ -93,12 +94,6 @@ bool gen_task_cancelled(gen_task_t *task);
 /* Sets the task's failure and returns -1. */
 int gen_task_fail(gen_task_t *task, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* What a model stage's section may ask, checked first in its init: 0, or STAGE_EXIT_CONFIG
- * (logged) for device = cuda:N, which the models cannot run on yet. batch_size and
- * batch_wait_ms are accepted with a warning that they change nothing: the stages compute one
- * job at a time. */
-int model_stage_check_section(const stage_t *st);
 
 /* Whether the stage's pool can take the outputs of the largest job the request limits allow
  * ([server] http_pixels_max, the longest prompts): bytes[0..n) are those outputs' sizes, each

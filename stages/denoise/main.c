@@ -21,7 +21,6 @@ typedef struct {
     dit_t *dit;
     sched_config_t sched;
     float mean[SAMPLER_LATENT_CHANNELS], std[SAMPLER_LATENT_CHANNELS];
-    model_stage_t *ms;
 } denoise_stage_t;
 
 /* Input i as a prompt: embeds [1, L, D] f32 and its mask [1, L] f32. */
@@ -45,6 +44,8 @@ static int denoise_compute(void *model, gen_task_t *t)
     const dit_config_t *c = dit_config(ds->dit);
     const gen_params_t *gp = &t->params;
     t2i_text_t pos, neg;
+    if (t->n_in == 3) /* a prompt, and a negative prompt's embeddings without their mask */
+        return gen_task_fail(t, 500, "denoise: a job with 3 tensors, expected 2 or 4");
     if (take_text(t, GEN_T_PROMPT, c->joint_attention_dim, &pos) != 0 ||
         (t->n_in == 4 && take_text(t, GEN_T_NEG, c->joint_attention_dim, &neg) != 0))
         return gen_task_fail(t, 500, "denoise: the prompt tensors have the wrong shape");
@@ -74,13 +75,8 @@ static int denoise_compute(void *model, gen_task_t *t)
     return 0;
 }
 
-static int denoise_init(stage_t *st, int argc, char **argv, void **state)
+static int denoise_init(stage_t *st, model_stage_spec_t *spec)
 {
-    (void)argc;
-    (void)argv;
-    int bad = model_stage_check_section(st);
-    if (bad)
-        return bad;
     char path[1024], err[1024] = "";
     denoise_stage_t *ds = calloc(1, sizeof *ds);
     if (!ds || nn_ctx_init_cpu(&ds->ctx, stage_section(st)->threads) != 0)
@@ -111,43 +107,19 @@ static int denoise_init(stage_t *st, int argc, char **argv, void **state)
     /* the largest job's latents: 16 f32 channels at an eighth of each side, as many bytes
      * as the image has pixels */
     const uint64_t latents = (uint64_t)stage_config(st)->server.http_pixels_max;
-    if ((bad = model_stage_check_pool(st, &latents, 1)) != 0)
+    int bad = model_stage_check_pool(st, &latents, 1);
+    if (bad)
         return bad;
-    model_stage_spec_t spec = {.what = "denoise", .min_inputs = 2, .max_inputs = 4,
-                               .compute = denoise_compute, .model = ds,
-                               .ctx = &ds->ctx};
-    if (!(ds->ms = model_stage_start(&spec, st)))
-        return STAGE_EXIT_ERROR;
+    *spec = (model_stage_spec_t){.what = "denoise", .min_inputs = 2, .max_inputs = 4,
+                                 .compute = denoise_compute, .model = ds,
+                                 .ctx = &ds->ctx};
     log_info("transformer loaded: %zu MiB of weights", dit_weight_bytes(ds->dit) >> 20);
-    *state = ds;
     return 0;
 }
 
-static stage_job_result_t denoise_job(stage_t *st, void *state, stage_job_t *job)
+static void denoise_fini(void *model)
 {
-    if (job->msg.n_tensors == 3) {
-        snprintf(job->msg.error_msg, sizeof job->msg.error_msg, "denoise: 3 tensors");
-        job->msg.error = 500;
-        return STAGE_JOB_FAILED;
-    }
-    return model_stage_job(((denoise_stage_t *)state)->ms, st, job);
-}
-
-static void denoise_tick(stage_t *st, void *state)
-{
-    model_stage_tick(((denoise_stage_t *)state)->ms, st);
-}
-
-static uint32_t denoise_inflight(stage_t *st, void *state)
-{
-    (void)st;
-    return model_stage_inflight(((denoise_stage_t *)state)->ms);
-}
-
-static void denoise_fini(stage_t *st, void *state)
-{
-    denoise_stage_t *ds = state;
-    model_stage_stop(ds->ms, st);
+    denoise_stage_t *ds = model;
     dit_free(&ds->dit);
     nn_ctx_free(&ds->ctx);
     free(ds);
@@ -155,8 +127,6 @@ static void denoise_fini(stage_t *st, void *state)
 
 int main(int argc, char **argv)
 {
-    static const stage_ops_t ops = {.init = denoise_init, .job = denoise_job,
-                                    .tick = denoise_tick, .inflight = denoise_inflight,
-                                    .fini = denoise_fini, .tick_ms = 5};
-    return stage_main(argc, argv, &ops);
+    static const model_stage_def_t def = {.init = denoise_init, .fini = denoise_fini};
+    return model_stage_main(argc, argv, &def);
 }

@@ -10,10 +10,6 @@
 #include "ipc/stage.h"
 #include "pipeline/model_stage.h"
 
-typedef struct {
-    model_stage_t *ms;
-} encode_stage_t;
-
 static int encode_compute(void *model, gen_task_t *t)
 {
     (void)model;
@@ -43,49 +39,16 @@ static int encode_compute(void *model, gen_task_t *t)
     return 0;
 }
 
-static int encode_init(stage_t *st, int argc, char **argv, void **state)
-{
-    (void)argc;
-    (void)argv;
-    int bad = model_stage_check_section(st);
-    if (bad)
-        return bad;
-    encode_stage_t *es = calloc(1, sizeof *es);
-    model_stage_spec_t spec = {.what = "encode", .min_inputs = 1, .max_inputs = 1,
-                               .compute = encode_compute, .model = es};
-    if (!es || !(es->ms = model_stage_start(&spec, st)))
-        return STAGE_EXIT_ERROR;
-    *state = es;
-    return 0;
-}
-
-static stage_job_result_t encode_job(stage_t *st, void *state, stage_job_t *job)
-{
-    return model_stage_job(((encode_stage_t *)state)->ms, st, job);
-}
-
-static void encode_tick(stage_t *st, void *state)
-{
-    model_stage_tick(((encode_stage_t *)state)->ms, st);
-}
-
-static uint32_t encode_inflight(stage_t *st, void *state)
+static int encode_init(stage_t *st, model_stage_spec_t *spec)
 {
     (void)st;
-    return model_stage_inflight(((encode_stage_t *)state)->ms);
-}
-
-static void encode_fini(stage_t *st, void *state)
-{
-    encode_stage_t *es = state;
-    model_stage_stop(es->ms, st);
-    free(es);
+    *spec = (model_stage_spec_t){.what = "encode", .min_inputs = 1, .max_inputs = 1,
+                                 .compute = encode_compute};
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    static const stage_ops_t ops = {.init = encode_init, .job = encode_job, .tick = encode_tick,
-                                    .inflight = encode_inflight, .fini = encode_fini,
-                                    .tick_ms = 5};
-    return stage_main(argc, argv, &ops);
+    static const model_stage_def_t def = {.init = encode_init};
+    return model_stage_main(argc, argv, &def);
 }

@@ -19,7 +19,6 @@ typedef struct {
     nn_ctx_t ctx;
     tokenizer_t *tok;
     qwen_text_encoder_t *enc;
-    model_stage_t *ms;
 } text_stage_t;
 
 /* One prompt's embeddings [1, L, D] and mask [1, L] (all ones when the pipeline has none). */
@@ -57,13 +56,8 @@ static int text_compute(void *model, gen_task_t *t)
     return 0;
 }
 
-static int text_init(stage_t *st, int argc, char **argv, void **state)
+static int text_init(stage_t *st, model_stage_spec_t *spec)
 {
-    (void)argc;
-    (void)argv;
-    int bad = model_stage_check_section(st);
-    if (bad)
-        return bad;
     char path[1024], err[1024];
     text_stage_t *ts = calloc(1, sizeof *ts);
     if (!ts || nn_ctx_init_cpu(&ts->ctx, stage_section(st)->threads) != 0)
@@ -84,36 +78,20 @@ static int text_init(stage_t *st, int argc, char **argv, void **state)
     const uint64_t L = QWEN_IMAGE_MAX_SEQUENCE_LENGTH;
     const uint64_t D = (uint64_t)qwen_text_encoder_config(ts->enc)->hidden_size;
     const uint64_t outputs[4] = {L * D * 4, L * 4, L * D * 4, L * 4};
-    if ((bad = model_stage_check_pool(st, outputs, 4)) != 0)
+    int bad = model_stage_check_pool(st, outputs, 4);
+    if (bad)
         return bad;
-    model_stage_spec_t spec = {.what = "text", .min_inputs = 0, .max_inputs = 0,
-                               .compute = text_compute, .model = ts,
-                               .ctx = &ts->ctx};
-    if (!(ts->ms = model_stage_start(&spec, st)))
-        return STAGE_EXIT_ERROR;
+    *spec = (model_stage_spec_t){.what = "text", .min_inputs = 0, .max_inputs = 0,
+                                 .compute = text_compute, .model = ts,
+                                 .ctx = &ts->ctx};
     log_info("text encoder loaded: %zu MiB of weights",
              qwen_text_encoder_weight_bytes(ts->enc) >> 20);
-    *state = ts;
     return 0;
 }
 
-static stage_job_result_t text_job(stage_t *st, void *state, stage_job_t *job)
+static void text_fini(void *model)
 {
-    return model_stage_job(((text_stage_t *)state)->ms, st, job);
-}
-
-static void text_tick(stage_t *st, void *state) { model_stage_tick(((text_stage_t *)state)->ms, st); }
-
-static uint32_t text_inflight(stage_t *st, void *state)
-{
-    (void)st;
-    return model_stage_inflight(((text_stage_t *)state)->ms);
-}
-
-static void text_fini(stage_t *st, void *state)
-{
-    text_stage_t *ts = state;
-    model_stage_stop(ts->ms, st);
+    text_stage_t *ts = model;
     qwen_text_encoder_free(&ts->enc);
     tokenizer_free(&ts->tok);
     nn_ctx_free(&ts->ctx);
@@ -122,7 +100,6 @@ static void text_fini(stage_t *st, void *state)
 
 int main(int argc, char **argv)
 {
-    static const stage_ops_t ops = {.init = text_init, .job = text_job, .tick = text_tick,
-                                    .inflight = text_inflight, .fini = text_fini, .tick_ms = 5};
-    return stage_main(argc, argv, &ops);
+    static const model_stage_def_t def = {.init = text_init, .fini = text_fini};
+    return model_stage_main(argc, argv, &def);
 }

@@ -17,7 +17,6 @@ typedef struct {
     nn_ctx_t ctx;
     qwen_vae_t *vae;
     qwen_vae_tiling_t tiling;
-    model_stage_t *ms;
 } vae_stage_t;
 
 static int vae_compute(void *model, gen_task_t *t)
@@ -50,13 +49,8 @@ static int vae_compute(void *model, gen_task_t *t)
     return 0;
 }
 
-static int vae_init(stage_t *st, int argc, char **argv, void **state)
+static int vae_init(stage_t *st, model_stage_spec_t *spec)
 {
-    (void)argc;
-    (void)argv;
-    int bad = model_stage_check_section(st);
-    if (bad)
-        return bad;
     char path[1024], err[1024];
     vae_stage_t *vs = calloc(1, sizeof *vs);
     if (!vs || nn_ctx_init_cpu(&vs->ctx, stage_section(st)->threads) != 0)
@@ -76,36 +70,20 @@ static int vae_init(stage_t *st, int argc, char **argv, void **state)
     }
     /* the largest job's image: 8-bit RGB */
     const uint64_t rgb8 = 3 * (uint64_t)stage_config(st)->server.http_pixels_max;
-    if ((bad = model_stage_check_pool(st, &rgb8, 1)) != 0)
+    int bad = model_stage_check_pool(st, &rgb8, 1);
+    if (bad)
         return bad;
     qwen_vae_tiling_default(&vs->tiling);
-    model_stage_spec_t spec = {.what = "vae", .min_inputs = 1, .max_inputs = 1,
-                               .compute = vae_compute, .model = vs,
-                               .ctx = &vs->ctx};
-    if (!(vs->ms = model_stage_start(&spec, st)))
-        return STAGE_EXIT_ERROR;
+    *spec = (model_stage_spec_t){.what = "vae", .min_inputs = 1, .max_inputs = 1,
+                                 .compute = vae_compute, .model = vs,
+                                 .ctx = &vs->ctx};
     log_info("VAE decoder loaded: %zu MiB of weights", qwen_vae_weight_bytes(vs->vae) >> 20);
-    *state = vs;
     return 0;
 }
 
-static stage_job_result_t vae_job(stage_t *st, void *state, stage_job_t *job)
+static void vae_fini(void *model)
 {
-    return model_stage_job(((vae_stage_t *)state)->ms, st, job);
-}
-
-static void vae_tick(stage_t *st, void *state) { model_stage_tick(((vae_stage_t *)state)->ms, st); }
-
-static uint32_t vae_inflight(stage_t *st, void *state)
-{
-    (void)st;
-    return model_stage_inflight(((vae_stage_t *)state)->ms);
-}
-
-static void vae_fini(stage_t *st, void *state)
-{
-    vae_stage_t *vs = state;
-    model_stage_stop(vs->ms, st);
+    vae_stage_t *vs = model;
     qwen_vae_free(&vs->vae);
     nn_ctx_free(&vs->ctx);
     free(vs);
@@ -113,7 +91,6 @@ static void vae_fini(stage_t *st, void *state)
 
 int main(int argc, char **argv)
 {
-    static const stage_ops_t ops = {.init = vae_init, .job = vae_job, .tick = vae_tick,
-                                    .inflight = vae_inflight, .fini = vae_fini, .tick_ms = 5};
-    return stage_main(argc, argv, &ops);
+    static const model_stage_def_t def = {.init = vae_init, .fini = vae_fini};
+    return model_stage_main(argc, argv, &def);
 }
