@@ -15,11 +15,18 @@
 #include <jansson.h>
 
 #include "ingress.h"
+#include "ipc/fd_reserve.h"
 #include "ipc/log.h"
 
 #define HTTP_HEADERS_MAX (64 * 1024)
 #define HTTP_ACCEPT_PAUSE_MS 100
 #define HTTP_ACCEPT_LOG_MS 1000
+/* Descriptors the HTTP server leaves to ZeroMQ (ipc/fd_reserve.h): each replica may be
+ * reconnecting its two sockets to us while we reconnect ours to it, and libzmq opens an
+ * eventfd for each socket made. */
+#define HTTP_FD_RESERVE_BASE 64
+#define HTTP_FD_RESERVE_PER_REPLICA 4
+#define HTTP_FEW_CONNECTIONS 256 /* fewer than this room for clients is worth a warning */
 
 /* Error texts may quote a client's bytes cut anywhere: keep them valid UTF-8 for JSON. */
 static json_t *http_json_text(const char *s)
@@ -312,39 +319,80 @@ static void http_dispatch(struct evhttp_request *hreq, void *arg)
  * the ingress is found here instead (one per process). */
 static ingress_t *http_accept_owner;
 
+/* Stops accepting for HTTP_ACCEPT_PAUSE_MS: the connections wait in the listen backlog. The
+ * log says so once a second at most. */
+static void http_accept_pause(ingress_t *in, const char *why)
+{
+    evconnlistener_disable(in->listener);
+    struct timeval tv = {0, HTTP_ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(in->accept_timer, &tv);
+    in->accept_pauses++;
+    int64_t now = stage_now_ms();
+    if (now - in->accept_logged_ms >= HTTP_ACCEPT_LOG_MS) {
+        log_warn("cannot accept connections: %s; accepting pauses %d ms at a time "
+                 "(%u pauses since the last such line)", why, HTTP_ACCEPT_PAUSE_MS,
+                 in->accept_pauses);
+        in->accept_logged_ms = now;
+        in->accept_pauses = 0;
+    }
+}
+
+static void http_pause_for_descriptors(ingress_t *in)
+{
+    char why[160];
+    snprintf(why, sizeof why, "%ld descriptors open, limit %ld, %d kept free for the pipeline",
+             in->fds.counted, fd_limit(), in->fds.reserve);
+    http_accept_pause(in, why);
+}
+
 static void http_accept_resume(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     ingress_t *in = arg;
-    if (in->listener)
-        evconnlistener_enable(in->listener);
+    if (!in->listener)
+        return;
+    if (!fd_reserve_room(&in->fds)) {
+        http_pause_for_descriptors(in);
+        return;
+    }
+    evconnlistener_enable(in->listener);
 }
 
-/* accept() failed other than for a passing reason: out of descriptors (EMFILE, ENFILE) or
- * of kernel memory, mostly. libevent would only warn: the listening socket stays readable,
- * so its loop would call accept() again at once, spinning a core and flooding the log until
- * connections close, and missing heartbeats meanwhile. Accepting pauses instead, and the
- * connections wait in the listen backlog; the log says so once a second at most. */
+/* accept() failed other than for a passing reason: out of descriptors (EMFILE, ENFILE: the
+ * limit lowered from outside below what is open) or of kernel memory, mostly. libevent would
+ * only warn: the listening socket stays readable, so its loop would call accept() again at
+ * once, spinning a core and flooding the log until connections close, and missing heartbeats
+ * meanwhile. Accepting pauses instead. */
 static void http_accept_error(struct evconnlistener *lev, void *arg)
 {
     (void)arg;
+    (void)lev;
     int err = EVUTIL_SOCKET_ERROR();
     ingress_t *in = http_accept_owner;
     if (!in || !in->accept_timer)
         return; /* not ours to pause: no timer would resume it */
-    evconnlistener_disable(lev);
-    struct timeval tv = {0, HTTP_ACCEPT_PAUSE_MS * 1000};
-    evtimer_add(in->accept_timer, &tv);
-    in->accept_failures++;
-    int64_t now = stage_now_ms();
-    if (now - in->accept_logged_ms >= HTTP_ACCEPT_LOG_MS) {
-        log_warn("cannot accept connections: %s; accepting pauses %d ms at each failure "
-                 "(%u since the last such line)", evutil_socket_error_to_string(err),
-                 HTTP_ACCEPT_PAUSE_MS, in->accept_failures);
-        in->accept_logged_ms = now;
-        in->accept_failures = 0;
-    }
+    http_accept_pause(in, evutil_socket_error_to_string(err));
+}
+
+/* evhttp calls this for each connection it has just accepted, before reading from it: the
+ * one place that sees every connection. Returning NULL lets evhttp make its bufferevent. */
+static struct bufferevent *http_connection_accepted(struct event_base *base, void *arg)
+{
+    (void)base;
+    ingress_t *in = arg;
+    if (in->accept_timer && !fd_reserve_opened(&in->fds))
+        http_pause_for_descriptors(in); /* this one is served; the next waits for room */
+    return NULL;
+}
+
+static int http_replicas(const ingress_t *in)
+{
+    const config_t *cfg = stage_config(in->st);
+    int n = 0;
+    for (int i = 0; i < cfg->n_stages; i++)
+        n += cfg->stages[i].replicas;
+    return n;
 }
 
 int http_start(ingress_t *in, char *err, size_t errlen)
@@ -397,6 +445,24 @@ int http_start(ingress_t *in, char *err, size_t errlen)
     }
     http_accept_owner = in;
     evconnlistener_set_error_cb(in->listener, http_accept_error);
+
+    /* Descriptors: as many as the hard limit allows, less a reserve for ZeroMQ's connections
+     * (ipc/fd_reserve.h says why): a few for each replica's sockets as they reconnect, and a
+     * margin. */
+    long before, limit = fd_raise_limit(&before);
+    int reserve = HTTP_FD_RESERVE_BASE + HTTP_FD_RESERVE_PER_REPLICA * http_replicas(in);
+    if (fd_reserve_init(&in->fds, reserve)) {
+        log_info("descriptors: limit %ld (was %ld), %ld open, %d kept free for the pipeline",
+                 limit, before, in->fds.counted, reserve);
+        long room = limit - in->fds.counted - reserve;
+        if (room < HTTP_FEW_CONNECTIONS)
+            log_warn("room for %ld client connections only: raise the hard limit on open "
+                     "files (systemd's LimitNOFILE, docker's --ulimit nofile)",
+                     room < 0 ? 0 : room);
+    } else
+        log_warn("cannot count descriptors (/proc/self/fd): clients may take them all, and "
+                 "ZeroMQ aborts the process when it is left none");
+    evhttp_set_bevcb(in->http, http_connection_accepted, in);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
+#include "ipc/fd_reserve.h"
 #include "ipc/stage.h"
 #include "pipeline/cancel.h"
 #include "pipeline/gen_request.h"
@@ -45,8 +46,9 @@ typedef struct ingress {
     struct evhttp *http;
     struct evconnlistener *listener; /* evhttp's, for pausing accept() (http.c) */
     struct event *accept_timer;      /* resumes accepting after a pause */
-    int64_t accept_logged_ms;        /* the last accept() failure logged, and those since */
-    uint32_t accept_failures;
+    int64_t accept_logged_ms;        /* the last pause logged, and the pauses since */
+    uint32_t accept_pauses;
+    fd_reserve_t fds;                /* descriptors kept free for ZeroMQ (http.c) */
     gen_cancel_table_t *cancel;
     gen_request_limits_t limits;
 
