@@ -414,6 +414,21 @@ static bool is_slot_gen(const char *s)
     return *s == '\0';
 }
 
+/* After "diffusiond.INSTANCE.": a pool's "SLOT.GEN", or a cancel table's "cancel.SLOT"
+ * (pipeline/cancel.c names them so). Nothing looser: another instance's name may start with
+ * this one's and a dot. */
+static bool is_instance_segment(const char *rest)
+{
+    if (is_slot_gen(rest))
+        return true;
+    if (strncmp(rest, "cancel.", 7) != 0)
+        return false;
+    const char *s = rest + 7, *start = s;
+    while (*s >= '0' && *s <= '9')
+        s++;
+    return s > start && s - start <= 10 && *s == '\0';
+}
+
 int pool_unlink_all(const char *instance)
 {
     char prefix[POOL_NAME_MAX];
@@ -433,7 +448,7 @@ int pool_unlink_all(const char *instance)
     int removed = 0;
     struct dirent *de;
     while ((de = readdir(dir)) != NULL) {
-        if (strncmp(de->d_name, prefix, (size_t)n) != 0 || !is_slot_gen(de->d_name + n))
+        if (strncmp(de->d_name, prefix, (size_t)n) != 0 || !is_instance_segment(de->d_name + n))
             continue;
         char name[POOL_NAME_MAX + 1];
         if ((size_t)snprintf(name, sizeof(name), "/%s", de->d_name) >= sizeof(name))

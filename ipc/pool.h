@@ -48,7 +48,8 @@ void pool_close(pool_t **pool);
 
 /* Removes a segment by name without mapping it (the supervisor, after an owner died). */
 int pool_unlink(const char *instance, uint32_t slot, uint32_t gen);
-/* Removes every segment of this instance left in /dev/shm; returns how many. */
+/* Removes every segment of this instance left in /dev/shm, pools and the ingress's cancel
+ * tables (pipeline/cancel.h) alike; returns how many. */
 int pool_unlink_all(const char *instance);
 
 /* Owner: allocates bytes (> 0) held by holder. Returns 0 and the offset, or -1 when no run of

@@ -1210,8 +1210,11 @@ int stage_main(int argc, char **argv, const stage_ops_t *ops)
     /* The results socket's queue is deep: results must never push back on the pipeline. */
     st->results_in = stage_bind(st, ".results", 10000);
     st->jobs_in = stage_bind(st, "", st->section->queue_depth);
-    if (!st->results_in || !st->jobs_in)
+    if (!st->results_in || !st->jobs_in) {
+        if (ops->fini) /* init made what fini removes (the ingress's cancel table, say) */
+            ops->fini(st, st->state);
         goto out;
+    }
 
     proto_msg_t ready = {.type = PROTO_MSG_READY};
     ready.u.ready.slot = st->slot;

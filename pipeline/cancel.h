@@ -2,11 +2,13 @@
  * that the stages working on them can stop early instead of computing images nobody reads.
  *
  * One small POSIX shared-memory segment per origin process, /diffusiond.INSTANCE.cancel.SLOT,
- * created (mode 0600) by that origin and mapped read-only by the stages. It holds the origin's
- * generation and a ring of the last GEN_CANCEL_RING cancelled job ids. The origin writes with
- * atomic stores; readers scan the ring with atomic loads (GEN_CANCEL_RING x 8 bytes: a few
- * microseconds, cheap at a denoising step boundary). A job cancelled more than GEN_CANCEL_RING
- * cancellations ago is forgotten: the stage then finishes it and the origin drops the result.
+ * created (mode 0600) by that origin, which removes it when it exits, and mapped read-only by
+ * the stages; the supervisor's sweep of the instance's segments (pool_unlink_all) removes one
+ * whose origin died. It holds the origin's generation and a ring of the last GEN_CANCEL_RING
+ * cancelled job ids. The origin writes with atomic stores; readers scan the ring with atomic
+ * loads (GEN_CANCEL_RING x 8 bytes: a few microseconds, cheap at a denoising step boundary). A
+ * job cancelled more than GEN_CANCEL_RING cancellations ago is forgotten: the stage then
+ * finishes it and the origin drops the result.
  *
  * A job whose origin process has been replaced (the segment of its slot now carries a newer
  * generation) counts as cancelled too: results go back only to the exact process that made a

@@ -666,8 +666,23 @@ static void test_unlink_all(void **state)
     int fd = shm_open(junk, O_CREAT | O_EXCL | O_RDWR, 0600);
     assert_true(fd >= 0);
     close(fd);
+    /* The ingress's cancel table (pipeline/cancel.c's name), left by a process that died. */
+    char cancel[POOL_NAME_MAX], cancel_junk[POOL_NAME_MAX];
+    snprintf(cancel, sizeof(cancel), "/diffusiond.%s.cancel.0", a);
+    snprintf(cancel_junk, sizeof(cancel_junk), "/diffusiond.%s.cancel.0x", a);
+    for (int i = 0; i < 2; i++) {
+        fd = shm_open(i ? cancel_junk : cancel, O_CREAT | O_EXCL | O_RDWR, 0600);
+        assert_true(fd >= 0);
+        close(fd);
+    }
 
-    assert_int_equal(pool_unlink_all(a), 3);
+    assert_int_equal(pool_unlink_all(a), 4);
+    fd = shm_open(cancel, O_RDONLY, 0);
+    assert_true(fd < 0);
+    fd = shm_open(cancel_junk, O_RDONLY, 0);
+    assert_true(fd >= 0); /* not a name of ours */
+    close(fd);
+    assert_int_equal(shm_unlink(cancel_junk), 0);
     assert_false(segment_exists(a, 0, 1));
     assert_false(segment_exists(a, 1, 1));
     assert_false(segment_exists(a, 1, 2));
