@@ -6,11 +6,11 @@
 #include <sys/resource.h>
 #include <time.h>
 
-static int64_t fd_now_ms(void)
+static int64_t fd_now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 long fd_limit(void)
@@ -61,25 +61,38 @@ bool fd_reserve_room(fd_reserve_t *r)
 {
     if (!r->enabled)
         return true;
+    int64_t start = fd_now_us();
+    if (start - r->counted_us < r->count_gap_us)
+        return !r->count_failed && fd_reserve_fits(r, r->counted + r->opened_since);
     long n = fd_count_open();
+    int64_t end = fd_now_us();
     r->counts++;
+    r->counted_us = end;
+    r->count_gap_us = end - start >= 1000 ? FD_RESERVE_COUNT_GAP * (end - start) : 0;
+    r->count_failed = n < 0;
     if (n < 0)
         return false; /* it could be read at init: now not one descriptor is left for it */
     r->counted = n;
     r->opened_since = 0;
-    r->counted_ms = fd_now_ms();
     return fd_reserve_fits(r, n);
 }
 
-bool fd_reserve_init(fd_reserve_t *r, int reserve)
+bool fd_reserve_init(fd_reserve_t *r, int reserve, bool *cut)
 {
     *r = (fd_reserve_t){.reserve = reserve, .enabled = true,
                         .count_every_ms = FD_RESERVE_COUNT_EVERY_MS};
-    if (fd_count_open() < 0) {
+    if (cut)
+        *cut = false;
+    if (!fd_reserve_room(r) && r->count_failed) {
         r->enabled = false;
         return false;
     }
-    fd_reserve_room(r);
+    long left = fd_limit() - r->counted;
+    if (left >= 0 && r->reserve > left / 2) {
+        r->reserve = (int)(left / 2);
+        if (cut)
+            *cut = true;
+    }
     return true;
 }
 
@@ -88,7 +101,7 @@ bool fd_reserve_opened(fd_reserve_t *r)
     if (!r->enabled)
         return true;
     r->opened_since++;
-    if (fd_now_ms() - r->counted_ms < r->count_every_ms &&
+    if (fd_now_us() - r->counted_us < (int64_t)r->count_every_ms * 1000 &&
         fd_reserve_fits(r, r->counted + r->opened_since))
         return true; /* even had nothing closed since the count */
     return fd_reserve_room(r);

@@ -323,6 +323,8 @@ static ingress_t *http_accept_owner;
  * log says so once a second at most. */
 static void http_accept_pause(ingress_t *in, const char *why)
 {
+    if (!in->listener)
+        return; /* no longer accepting at all */
     evconnlistener_disable(in->listener);
     struct timeval tv = {0, HTTP_ACCEPT_PAUSE_MS * 1000};
     evtimer_add(in->accept_timer, &tv);
@@ -340,8 +342,13 @@ static void http_accept_pause(ingress_t *in, const char *why)
 static void http_pause_for_descriptors(ingress_t *in)
 {
     char why[160];
-    snprintf(why, sizeof why, "%ld descriptors open, limit %ld, %d kept free for the pipeline",
-             in->fds.counted, fd_limit(), in->fds.reserve);
+    if (in->fds.count_failed)
+        snprintf(why, sizeof why, "no descriptor left to count them with (limit %ld)",
+                 fd_limit());
+    else
+        snprintf(why, sizeof why, "%ld descriptors open, limit %ld, %d kept free for the "
+                 "pipeline", in->fds.counted + in->fds.opened_since, fd_limit(),
+                 in->fds.reserve);
     http_accept_pause(in, why);
 }
 
@@ -359,8 +366,9 @@ static void http_accept_resume(evutil_socket_t fd, short what, void *arg)
     evconnlistener_enable(in->listener);
 }
 
-/* accept() failed other than for a passing reason: out of descriptors (EMFILE, ENFILE: the
- * limit lowered from outside below what is open) or of kernel memory, mostly. libevent would
+/* accept() failed other than for a passing reason: out of descriptors (EMFILE: the limit
+ * lowered from outside below what is open; ENFILE: the whole system's table is full) or of
+ * kernel memory, mostly. libevent would
  * only warn: the listening socket stays readable, so its loop would call accept() again at
  * once, spinning a core and flooding the log until connections close, and missing heartbeats
  * meanwhile. Accepting pauses instead. */
@@ -451,19 +459,27 @@ int http_start(ingress_t *in, char *err, size_t errlen)
      * margin. */
     long before, limit = fd_raise_limit(&before);
     int reserve = HTTP_FD_RESERVE_BASE + HTTP_FD_RESERVE_PER_REPLICA * http_replicas(in);
-    if (fd_reserve_init(&in->fds, reserve)) {
+    bool cut;
+    if (fd_reserve_init(&in->fds, reserve, &cut)) {
         log_info("descriptors: limit %ld (was %ld), %ld open, %d kept free for the pipeline",
-                 limit, before, in->fds.counted, reserve);
-        long room = limit - in->fds.counted - reserve;
-        if (room < HTTP_FEW_CONNECTIONS)
-            log_warn("room for %ld client connections only: raise the hard limit on open "
-                     "files (systemd's LimitNOFILE, docker's --ulimit nofile)",
-                     room < 0 ? 0 : room);
+                 limit, before, in->fds.counted, in->fds.reserve);
+        long room = limit - in->fds.counted - in->fds.reserve;
+        if (cut || room < HTTP_FEW_CONNECTIONS)
+            log_warn("room for %ld client connections only%s: raise the hard limit on open "
+                     "files (systemd's LimitNOFILE, docker's --ulimit nofile)", room,
+                     cut ? ", and less than the advised reserve for the pipeline" : "");
     } else
         log_warn("cannot count descriptors (/proc/self/fd): clients may take them all, and "
                  "ZeroMQ aborts the process when it is left none");
     evhttp_set_bevcb(in->http, http_connection_accepted, in);
     return 0;
+}
+
+void http_stop_accepting(ingress_t *in)
+{
+    if (in->listener)
+        evconnlistener_disable(in->listener);
+    in->listener = NULL; /* and the pause timer leaves it so */
 }
 
 void http_stop(ingress_t *in)

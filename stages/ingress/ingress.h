@@ -89,6 +89,9 @@ void jobs_fail_all(ingress_t *in, const char *why);
 
 /* ---- http.c ---- */
 int http_start(ingress_t *in, char *err, size_t errlen);
+/* No new connections from now on (the stage is stopping): they wait in the backlog and are
+ * refused when the process exits. */
+void http_stop_accepting(ingress_t *in);
 void http_stop(ingress_t *in);
 /* Sends {"error":{message,type,param,code}} with status and counts it. */
 void http_send_error(ingress_t *in, struct evhttp_request *hreq, int route, int status,

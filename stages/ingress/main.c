@@ -148,6 +148,7 @@ static void ingress_fini(stage_t *st, void *state)
     ingress_wait_forget(in);
     if (in->wait_timer)
         event_free(in->wait_timer);
+    http_stop_accepting(in);
     jobs_fail_all(in, "the service is stopping");
     /* Let the answers out: turns of the loop until every reply is written (a slow reader of
      * a large answer may need seconds), bounded well below the supervisor's stop_timeout_ms

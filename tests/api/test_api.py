@@ -614,7 +614,13 @@ def test_out_of_descriptors(api):
                 if c.recv(100).startswith(b"HTTP/1.1 200"):
                     answered.add(c)
         assert len(answered) == 3, f"{len(answered)} of 20 served with room for 3"
-        assert n_open() + reserve <= limit  # the reserve is whole
+        # the reserve is whole (the least of a few looks: the ingress opens /proc/self/fd
+        # for a moment every 100 ms while it waits)
+        looks = []
+        for _ in range(3):
+            looks.append(n_open())
+            time.sleep(0.03)
+        assert min(looks) + reserve <= limit
         for _ in range(8):  # as restarting stages would: libzmq accepts each
             for name in ("ingress.0", "ingress.0.results"):
                 p = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

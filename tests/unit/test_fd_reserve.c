@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdbool.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -61,15 +62,16 @@ static void test_count_follows_open_and_close(void **state)
     assert_int_equal(fd_count_open(), base + 9);
 }
 
-/* Room for exactly three over the reserve: the third descriptor opened says "no more". */
+/* Room for exactly three over the reserve: the third descriptor opened says "no more". (A
+ * reserve of half what the limit leaves, the most init keeps.) */
 static void test_admits_until_the_reserve(void **state)
 {
     (void)state;
-    const int reserve = 8;
+    const int reserve = 3;
     long base = fd_count_open();
     set_soft_limit(base + 3 + reserve);
     fd_reserve_t r;
-    assert_true(fd_reserve_init(&r, reserve));
+    assert_true(fd_reserve_init(&r, reserve, NULL));
     assert_int_equal(r.counted, base);
     assert_true(fd_reserve_room(&r));
     for (int i = 1; i <= 3; i++) {
@@ -86,7 +88,7 @@ static void test_reads_the_limit_each_time(void **state)
 {
     (void)state;
     fd_reserve_t r;
-    assert_true(fd_reserve_init(&r, 4));
+    assert_true(fd_reserve_init(&r, 4, NULL));
     assert_true(fd_reserve_room(&r));
     set_soft_limit(r.counted + 4); /* one more would leave 3 */
     assert_false(fd_reserve_room(&r));
@@ -104,7 +106,7 @@ static void test_counts_only_near_the_limit(void **state)
     long base = fd_count_open();
     set_soft_limit(base + 20 + reserve);
     fd_reserve_t r;
-    assert_true(fd_reserve_init(&r, reserve));
+    assert_true(fd_reserve_init(&r, reserve, NULL));
     r.count_every_ms = 1 << 30;
     uint64_t counts = r.counts;
     for (int i = 0; i < 10; i++) {
@@ -129,7 +131,7 @@ static void test_recounts_when_the_count_is_old(void **state)
 {
     (void)state;
     fd_reserve_t r;
-    assert_true(fd_reserve_init(&r, 4));
+    assert_true(fd_reserve_init(&r, 4, NULL));
     long base = r.counted;
     for (int i = 0; i < 5; i++)
         assert_true(open_one() >= 0); /* not the caller's: not told */
@@ -141,6 +143,46 @@ static void test_recounts_when_the_count_is_old(void **state)
     assert_true(open_one() >= 0);
     assert_true(fd_reserve_opened(&r));
     assert_int_equal(r.counted + r.opened_since, base + 7);
+}
+
+/* A count that cost much (many descriptors) is not repeated before FD_RESERVE_COUNT_GAP times
+ * its cost has passed: the bound answers meanwhile, erring on the safe side. */
+static void test_costly_counts_are_spaced(void **state)
+{
+    (void)state;
+    const int reserve = 2;
+    long base = fd_count_open();
+    set_soft_limit(base + 2 + reserve);
+    fd_reserve_t r;
+    assert_true(fd_reserve_init(&r, reserve, NULL));
+    assert_true(open_one() >= 0);
+    assert_true(fd_reserve_opened(&r));
+    assert_true(open_one() >= 0);
+    assert_false(fd_reserve_opened(&r)); /* counted: base + 2 open, no room */
+    uint64_t counts = r.counts;
+    close(opened[--n_opened]);
+    r.count_gap_us = (int64_t)1 << 40; /* as if the last count had taken very long */
+    assert_false(fd_reserve_room(&r)); /* the bound still says base + 2 */
+    assert_int_equal(r.counts, counts);
+    r.count_gap_us = 0;
+    assert_true(fd_reserve_room(&r)); /* counted: the closed one is seen */
+    assert_int_equal(r.counts, counts + 1);
+}
+
+/* A reserve over half of what the limit leaves is cut to that half: clients keep room. */
+static void test_reserve_cut_to_half_the_room(void **state)
+{
+    (void)state;
+    long base = fd_count_open();
+    set_soft_limit(base + 40);
+    fd_reserve_t r;
+    bool cut;
+    assert_true(fd_reserve_init(&r, 100, &cut));
+    assert_true(cut);
+    assert_int_equal(r.reserve, 20);
+    assert_true(fd_reserve_init(&r, 20, &cut));
+    assert_false(cut);
+    assert_int_equal(r.reserve, 20);
 }
 
 static void test_raise_limit_to_hard(void **state)
@@ -163,6 +205,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reads_the_limit_each_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counts_only_near_the_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_recounts_when_the_count_is_old, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_costly_counts_are_spaced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_cut_to_half_the_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raise_limit_to_hard, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
