@@ -368,10 +368,9 @@ static void http_accept_resume(evutil_socket_t fd, short what, void *arg)
 
 /* accept() failed other than for a passing reason: out of descriptors (EMFILE: the limit
  * lowered from outside below what is open; ENFILE: the whole system's table is full) or of
- * kernel memory, mostly. libevent would
- * only warn: the listening socket stays readable, so its loop would call accept() again at
- * once, spinning a core and flooding the log until connections close, and missing heartbeats
- * meanwhile. Accepting pauses instead. */
+ * kernel memory, mostly. libevent would only warn: the listening socket stays readable, so
+ * its loop would call accept() again at once, spinning a core and flooding the log until
+ * connections close, and missing heartbeats meanwhile. Accepting pauses instead. */
 static void http_accept_error(struct evconnlistener *lev, void *arg)
 {
     (void)arg;

@@ -1,7 +1,8 @@
 /* test_fd_reserve: the count of open descriptors, the reserve's admission rule (one more
- * descriptor only while `reserve` would stay free, the limit read anew each time), and that
- * it counts only when its bound says the limit might be near. Each test lowers this
- * process's own soft RLIMIT_NOFILE and restores it. */
+ * descriptor only while `reserve` would stay free, the limit read anew each time), when it
+ * counts (its bound near the limit, an old count, never too soon after a costly one), the cut
+ * of a reserve too big for the limit, and the raise of the limit. Each test may lower this
+ * process's own soft RLIMIT_NOFILE, and restores it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
