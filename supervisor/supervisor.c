@@ -4,6 +4,7 @@
  * and tells systemd. Child state lives in a fixed table of slots, one per stage replica. */
 #include "supervisor/supervisor.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -666,6 +667,46 @@ static void sup_kill(slot_t *s, int sig)
         kill(s->pid, sig);
 }
 
+/* Before a stage that would not stop is killed: where it waits, from the kernel's view of each
+ * of its threads (the wait channel, and the system call with its arguments), so that the log
+ * tells a hang in a futex from one in epoll or in a sleep. Best effort: nothing if /proc says
+ * nothing. */
+static void sup_log_where_stuck(supervisor_t *sup, const slot_t *s)
+{
+    if (s->run != SLOT_RUNNING || s->pid <= 0)
+        return;
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)s->pid);
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[384], wchan[64] = "", call[160] = "";
+        snprintf(path, sizeof path, "%s/%s/wchan", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (!fgets(wchan, sizeof wchan, f))
+                wchan[0] = '\0';
+            fclose(f);
+        }
+        snprintf(path, sizeof path, "%s/%s/syscall", dir, e->d_name);
+        f = fopen(path, "r");
+        if (f) {
+            if (!fgets(call, sizeof call, f))
+                call[0] = '\0';
+            fclose(f);
+        }
+        call[strcspn(call, "\n")] = '\0';
+        log_warn("%s.%u (pid %d) thread %s waits in %s (syscall %s)", sup_stage_name(sup, s),
+                 s->replica, (int)s->pid, e->d_name, wchan[0] ? wchan : "?",
+                 call[0] ? call : "?");
+    }
+    closedir(d);
+}
+
 /* ---- health, status, systemd ----------------------------------------------------------------- */
 
 static void sup_check_health(supervisor_t *sup, int64_t now)
@@ -1085,8 +1126,10 @@ int supervisor_run(supervisor_t *sup)
             if (now >= sup->phase_deadline_ms) {
                 log_warn("stages still running %d ms after SHUTDOWN: killing them",
                          sup->cfg.server.stop_timeout_ms);
-                for (uint32_t i = 0; i < sup->n_slots; i++)
+                for (uint32_t i = 0; i < sup->n_slots; i++) {
+                    sup_log_where_stuck(sup, &sup->slots[i]);
                     sup_kill(&sup->slots[i], SIGKILL);
+                }
                 sup->phase_deadline_ms = now + 60000;
             }
         }

@@ -122,8 +122,13 @@ static void ingress_wait(stage_t *st, void *state, const int *fds, int n_fds, in
         event_base_loop(in->base, EVLOOP_ONCE);
         evtimer_del(in->wait_timer);
     } else {
-        /* not blocking (or libevent cannot watch the fds: then a turn every millisecond) */
-        event_base_loop(in->base, EVLOOP_NONBLOCK);
+        /* Not blocking (or libevent cannot watch the fds: then a turn every millisecond).
+         * One pass, EVLOOP_ONCE with EVLOOP_NONBLOCK: NONBLOCK alone goes round as long as
+         * something is ready, and the signal pipe and the ZMQ_FDs stay readable until the
+         * skeleton reads them after this returns, so a signal or a message that came during
+         * such a turn kept the ingress spinning there for good (a stop, which sends both,
+         * then ended in SIGKILL). */
+        event_base_loop(in->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
         if (timeout_ms > 0) {
             struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
@@ -156,7 +161,7 @@ static void ingress_fini(stage_t *st, void *state)
     int64_t start = stage_now_ms();
     int64_t limit = stage_config(st)->server.stop_timeout_ms / 2;
     for (;;) {
-        event_base_loop(in->base, EVLOOP_NONBLOCK);
+        event_base_loop(in->base, EVLOOP_ONCE | EVLOOP_NONBLOCK); /* one pass: see above */
         int64_t spent = stage_now_ms() - start;
         if (spent >= limit || (spent >= 100 && in->replies_writing == 0))
             break;

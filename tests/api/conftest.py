@@ -19,6 +19,7 @@ _spec = importlib.util.spec_from_file_location(
 proc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(proc)
 service = proc.service  # the fixture, re-exported
+pytest_runtest_makereport = proc.pytest_runtest_makereport  # failures show the service's log
 wait_for = proc.wait_for
 SLOW = proc.SLOW
 

@@ -58,9 +58,10 @@ def cli_png(tmp_path, prompt, seed, size="128x96", steps=6, negative=None, cfg=N
 
 
 def assert_clean_stop(a):
-    """SIGTERM, then: exit 0, every stage exited 0 by itself (none crashed or was killed on the
-    way out, which would skip its own clean-up, hidden by the supervisor's sweep), and nothing
-    left in /dev/shm."""
+    """SIGTERM, then: exit 0, every stage exited 0 by itself (none crashed, or was killed at the
+    stop deadline, on the way out: either would skip its own clean-up, which the supervisor's
+    sweep then hides), and nothing left in /dev/shm. A failure shows the log, where the
+    supervisor says where a stage it had to kill was waiting."""
     assert a.svc.stop() == 0
     log = a.svc.log_text()
     stop = log[log.rindex("stopping: draining"):]

@@ -213,10 +213,29 @@ def make_config(instance, runtime_dir, stages, model=None, **server):
 _instances = itertools.count(1)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the end of each of its services' logs: on CI, that log
+    is all there is to tell which process died and how."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for svc in getattr(item, "diffusiond_services", []):
+        try:
+            with open(svc.log_path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        report.sections.append((f"diffusiond log ({svc.instance}), the last 6000 characters",
+                                text[-6000:]))
+
+
 @pytest.fixture
-def service():
+def service(request):
     """Factory: service(stages, **server_keys) -> a started Service; cleaned up afterwards."""
     made = []
+    request.node.diffusiond_services = made  # for the failure report (above)
 
     def start(stages, start=True, env=None, model=None, **server):
         if not os.access(DIFFUSIOND, os.X_OK):
