@@ -398,35 +398,29 @@ int pool_unlink(const char *instance, uint32_t slot, uint32_t gen)
     return 0;
 }
 
-/* "<digits>.<digits>" and nothing else: the rest of a name after "diffusiond.<instance>.",
- * so that instance "a" does not take "a.b"'s segments for its own. */
-static bool is_slot_gen(const char *s)
+/* The end of a run of 1 to 10 digits (a u32) at s, or NULL. */
+static const char *number_end(const char *s)
 {
-    for (int field = 0; field < 2; field++) {
-        const char *start = s;
-        while (*s >= '0' && *s <= '9')
-            s++;
-        if (s == start || s - start > 10)
-            return false;
-        if (field == 0 && *s++ != '.')
-            return false;
-    }
-    return *s == '\0';
+    const char *start = s;
+    while (*s >= '0' && *s <= '9')
+        s++;
+    return s == start || s - start > 10 ? NULL : s;
 }
 
 /* After "diffusiond.INSTANCE.": a pool's "SLOT.GEN", or a cancel table's "cancel.SLOT"
- * (pipeline/cancel.c names them so). Nothing looser: another instance's name may start with
- * this one's and a dot. */
+ * (pipeline/cancel.c names them so), and nothing else: instance "a" must not take "a.b"'s
+ * segments for its own. */
 static bool is_instance_segment(const char *rest)
 {
-    if (is_slot_gen(rest))
-        return true;
+    const char *e = number_end(rest);
+    if (e && *e == '.') { /* SLOT.GEN */
+        e = number_end(e + 1);
+        return e && *e == '\0';
+    }
     if (strncmp(rest, "cancel.", 7) != 0)
         return false;
-    const char *s = rest + 7, *start = s;
-    while (*s >= '0' && *s <= '9')
-        s++;
-    return s > start && s - start <= 10 && *s == '\0';
+    e = number_end(rest + 7);
+    return e && *e == '\0';
 }
 
 int pool_unlink_all(const char *instance)

@@ -15,7 +15,6 @@
 #include <jansson.h>
 
 #include "ingress.h"
-#include "ipc/fd_reserve.h"
 #include "ipc/log.h"
 
 #define HTTP_HEADERS_MAX (64 * 1024)
